@@ -1,0 +1,1 @@
+"""The `phub` command line: thin Typer commands over `perfusion_hub.Hub`."""

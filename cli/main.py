@@ -1,0 +1,41 @@
+"""Entry point of the `phub` command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli import concepts
+from cli.common import CliState, PhubGroup
+
+app = typer.Typer(
+    cls=PhubGroup,
+    name="phub",
+    help="Perfusion personalization: train, register and compose key-locked concepts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Home directory (default: $PHUB_HOME, else the user data dir)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+) -> None:
+    """Perfusion personalization: train, register and compose key-locked concepts."""
+    ctx.obj = CliState(home=home, verbose=verbose)
+
+
+concepts.register(app)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
