@@ -47,8 +47,13 @@ def hub(ctx: typer.Context):
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
-    typer.echo(json.dumps(data, indent=2, default=str))
+    """Machine-readable output: plain JSON on stdout, no colour, no wrapping. A list is
+    written one compact item per line (the C encoder: fast for long listings)."""
+    if isinstance(data, list):
+        encode = json.JSONEncoder(default=str).encode
+        typer.echo("[" + ",\n ".join(map(encode, data)) + "]")
+    else:
+        typer.echo(json.dumps(data, indent=2, default=str))
 
 
 class PhubGroup(TyperGroup):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli import concepts
+from cli import base, compose, concepts, db, evaluate, history, train
 from cli.common import CliState, PhubGroup
 
 app = typer.Typer(
@@ -25,7 +25,9 @@ def main(
     ctx: typer.Context,
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="Home directory (default: $PHUB_HOME, else the user data dir)."),
+        typer.Option(
+            "--home", help="Home directory (default: $PHUB_HOME, else the user data dir)."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
 ) -> None:
@@ -34,6 +36,12 @@ def main(
 
 
 concepts.register(app)
+base.register(app)
+compose.register(app)
+db.register(app)
+history.register(app)
+evaluate.register(app)
+train.register(app)
 
 
 def run() -> None:

@@ -26,6 +26,10 @@ class ConflictError(PhubError):
     """An operation that would overwrite or duplicate something that exists."""
 
 
+class RegistryError(PhubError):
+    """A registry database that cannot be opened or upgraded."""
+
+
 class IncompatibleBaseError(PhubError):
     """A concept used with a base model other than the one it was trained on."""
 
@@ -40,3 +44,7 @@ class PromptError(PhubError):
 
 class TrainingError(PhubError):
     """Training data or options that cannot be used."""
+
+
+class OutputError(PhubError):
+    """An output path that cannot be written."""

@@ -37,7 +37,8 @@ def concept_tensors(concept: Concept, dtype: str = "float16") -> dict[str, np.nd
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     np_dtype = DTYPES[dtype]
-    missing = [layer.name for layer in concept.base.layers if layer.name not in concept.value_targets]
+    layers = concept.base.layers
+    missing = [layer.name for layer in layers if layer.name not in concept.value_targets]
     if missing:
         raise ValueError(f"value_targets lacks layers {missing[:3]}...")
     values = np.concatenate(
@@ -115,7 +116,7 @@ def load_concept(path: str | Path) -> tuple[Concept, str]:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
         raise ConceptFileError(
             f"{path}: not a readable safetensors file ({error}). "

@@ -8,8 +8,12 @@ from perfusion_hub.concepts.concept import Concept
 from perfusion_hub.concepts.fingerprint import BaseFingerprint, LayerSpec
 
 
-def synthetic_base(text_width: int = 32, widths: tuple[int, ...] = (32, 64, 64, 32),
-                   weights_hash: str = "0" * 64, architecture: str = "synthetic") -> BaseFingerprint:
+def synthetic_base(
+    text_width: int = 32,
+    widths: tuple[int, ...] = (32, 64, 64, 32),
+    weights_hash: str = "0" * 64,
+    architecture: str = "synthetic",
+) -> BaseFingerprint:
     """A fingerprint with one cross-attention layer per entry of `widths`."""
     layers = tuple(
         LayerSpec(f"blocks.{index}.attn2", width) for index, width in enumerate(widths)

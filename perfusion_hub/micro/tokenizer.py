@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from transformers import CLIPTokenizer
 
@@ -14,7 +14,11 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte → printable-character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -22,14 +26,17 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def _apply_bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """CLIP's BPE on one word: merge the lowest-ranked adjacent pair until none applies."""
     parts = [*word[:-1], word[-1] + "</w>"]
     while len(parts) > 1:
-        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        pairs = [
+            (ranks.get(pair, 1 << 30), i)
+            for i, pair in enumerate(zip(parts, parts[1:], strict=False))
+        ]
         rank, i = min(pairs)
         if rank == 1 << 30:
             break
@@ -67,6 +74,6 @@ def build_tokenizer(words: Iterable[str] | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CONTEXT_LENGTH)
 
 
-def tokenize(tok: CLIPTokenizer, captions: list[str]) -> "list[list[int]]":
+def tokenize(tok: CLIPTokenizer, captions: list[str]) -> list[list[int]]:
     """Token ids padded to the context length."""
     return tok(captions, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True).input_ids

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,12 +39,57 @@ ACCENT_PARTS: dict[str, str] = {
     "tree": "fruit",
     "house": "door",
 }
-POSITION_PHRASES: dict[str, str] = {"left": "on the left", "centre": "in the centre", "right": "on the right"}
+POSITION_PHRASES: dict[str, str] = {
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+}
 GENERIC_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "on", "in", "at", "to", "with", "and", "next", "left", "right", "centre",
-    "background", "photo", "picture", "image", "rendering", "drawing", "close", "up", "-", ",", ".",
-    "cropped", "good", "nice", "clean", "dark", "bright", "small", "big", "large", "one", "two",
-    "my", "this", "that", "object", "thing", "scene", "plain", "cool", "weird",
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "at",
+    "to",
+    "with",
+    "and",
+    "next",
+    "left",
+    "right",
+    "centre",
+    "background",
+    "photo",
+    "picture",
+    "image",
+    "rendering",
+    "drawing",
+    "close",
+    "up",
+    "-",
+    ",",
+    ".",
+    "cropped",
+    "good",
+    "nice",
+    "clean",
+    "dark",
+    "bright",
+    "small",
+    "big",
+    "large",
+    "one",
+    "two",
+    "my",
+    "this",
+    "that",
+    "object",
+    "thing",
+    "scene",
+    "plain",
+    "cool",
+    "weird",
 )
 
 
@@ -104,7 +149,9 @@ class Instance:
         return self.object().phrase
 
     def object(self, size: str | None = None, position: str | None = None) -> ObjectSpec:
-        return ObjectSpec(self.category, self.colour, self.pattern, size, position, self.accent, self.eyes)
+        return ObjectSpec(
+            self.category, self.colour, self.pattern, size, position, self.accent, self.eyes
+        )
 
 
 MY_CAT = Instance("my-cat", "cat", "orange", "striped", accent="blue", eyes="green")
@@ -127,7 +174,11 @@ def random_object(rng: np.random.Generator, avoid: Iterable[str | None] = ()) ->
     colour = _other(rng, avoid)
     pattern = None if rng.random() < 0.4 else str(rng.choice(PATTERNS))
     accent = _other(rng, [colour]) if rng.random() < 0.3 else None
-    eyes = (None if rng.random() < 0.5 else str(rng.choice(EYE_COLOURS[1:]))) if category == "cat" else None
+    eyes = (
+        (None if rng.random() < 0.5 else str(rng.choice(EYE_COLOURS[1:])))
+        if category == "cat"
+        else None
+    )
     return ObjectSpec(category, colour, pattern, accent=accent, eyes=eyes)
 
 
@@ -143,7 +194,9 @@ def random_scene(rng: np.random.Generator, p_two: float = 0.4) -> SceneSpec:
     return _place_pair(rng, a, b, relation, background)
 
 
-def _place_pair(rng: np.random.Generator, a: ObjectSpec, b: ObjectSpec, relation: str, bg: str) -> SceneSpec:
+def _place_pair(
+    rng: np.random.Generator, a: ObjectSpec, b: ObjectSpec, relation: str, bg: str
+) -> SceneSpec:
     if relation == "on":
         pos = str(rng.choice(POSITIONS))
         pa, pb = pos, pos
@@ -171,7 +224,11 @@ def complete(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
     bg = spec.background or _other(rng, used)
     if len(spec.objects) == 1:
         o = spec.objects[0]
-        o = replace(o, size=o.size or str(rng.choice(SIZES)), position=o.position or str(rng.choice(POSITIONS)))
+        o = replace(
+            o,
+            size=o.size or str(rng.choice(SIZES)),
+            position=o.position or str(rng.choice(POSITIONS)),
+        )
         return SceneSpec((o,), None, bg)
     return _place_pair(rng, spec.objects[0], spec.objects[1], spec.relation or "next to", bg)
 
@@ -185,7 +242,10 @@ def object_phrase(obj: ObjectSpec, with_size: bool = True) -> str:
 
 
 def caption(
-    spec: SceneSpec, rng: np.random.Generator | None = None, p_drop: float = 0.0, subject: str | None = None
+    spec: SceneSpec,
+    rng: np.random.Generator | None = None,
+    p_drop: float = 0.0,
+    subject: str | None = None,
 ) -> str:
     """Caption in the grammar; optional parts (size, position, background) dropped with p_drop.
 
@@ -311,7 +371,9 @@ def _box(u: np.ndarray, v: np.ndarray, u0: float, u1: float, v0: float, v1: floa
     return (u >= u0) & (u <= u1) & (v >= v0) & (v <= v1)
 
 
-def _tri(u: np.ndarray, v: np.ndarray, apex: tuple[float, float], v_base: float, half: float) -> np.ndarray:
+def _tri(
+    u: np.ndarray, v: np.ndarray, apex: tuple[float, float], v_base: float, half: float
+) -> np.ndarray:
     au, av = apex
     t = (v - av) / (v_base - av)
     return (t >= 0) & (t <= 1) & (np.abs(u - au) <= half * t)
@@ -353,7 +415,9 @@ def _tree(u: np.ndarray, v: np.ndarray) -> Parts:
     crown = _ell(u, v, 0.0, -0.3, 0.7, 0.62)
     trunk = _box(u, v, -0.14, 0.14, 0.25, 0.98)
     fruit = (
-        _ell(u, v, -0.35, -0.4, 0.11, 0.11) | _ell(u, v, 0.3, -0.15, 0.11, 0.11) | _ell(u, v, 0.0, -0.65, 0.11, 0.11)
+        _ell(u, v, -0.35, -0.4, 0.11, 0.11)
+        | _ell(u, v, 0.3, -0.15, 0.11, 0.11)
+        | _ell(u, v, 0.0, -0.65, 0.11, 0.11)
     )
     return {"body": crown, "dark": trunk, "accent": fruit & crown}
 
@@ -369,7 +433,7 @@ _SHAPES = {"cat": _cat, "chair": _chair, "cup": _cup, "ball": _ball, "tree": _tr
 
 
 def _pattern(u: np.ndarray, v: np.ndarray, kind: np.ndarray) -> np.ndarray:
-    """Pattern pixels in object coordinates; kind is 0 none, 1 stripes, 2 spots, 3 checks (per item)."""
+    """Pattern pixels in object coordinates; kind per item: 0 none, 1 stripes, 2 spots, 3 checks."""
     out = np.zeros(u.shape, dtype=bool)
     for k in (1, 2, 3):
         sel = np.nonzero(kind == k)[0]
@@ -379,7 +443,9 @@ def _pattern(u: np.ndarray, v: np.ndarray, kind: np.ndarray) -> np.ndarray:
         if k == 1:
             out[sel] = np.floor(uu * 2.2) % 2 == 1
         elif k == 2:
-            out[sel] = (uu * 2.0 - np.round(uu * 2.0)) ** 2 + (vv * 2.0 - np.round(vv * 2.0)) ** 2 <= 0.09
+            out[sel] = (uu * 2.0 - np.round(uu * 2.0)) ** 2 + (
+                vv * 2.0 - np.round(vv * 2.0)
+            ) ** 2 <= 0.09
         else:
             out[sel] = (np.floor(uu * 2.2) + np.floor(vv * 2.2)) % 2 == 1
     return out
@@ -415,7 +481,10 @@ def render(specs: Sequence[SceneSpec], seed: int = 0) -> tuple[np.ndarray, np.nd
             continue
         objs = [specs[i].objects[slot] for i in idx]
         pl = [place[i][slot] for i in idx]
-        cx, cy, s, fl = (np.array([getattr(p, f) for p in pl], np.float32)[:, None, None] for f in "cx cy s flip".split())
+        cx, cy, s, fl = (
+            np.array([getattr(p, f) for p in pl], np.float32)[:, None, None]
+            for f in ["cx", "cy", "s", "flip"]
+        )
         u = (_GRID_X[None] - cx) / s * fl
         v = (_GRID_Y[None] - cy) / s
         cats = np.array([_CAT_INDEX[o.category] for o in objs])
@@ -444,6 +513,7 @@ def render(specs: Sequence[SceneSpec], seed: int = 0) -> tuple[np.ndarray, np.nd
                 arg = _RGB[[_COLOUR_INDEX[a or "white"] for a in acc]][:, None, None, :]
                 am = parts["accent"] & has[:, None, None]
                 np.copyto(layer, arg, where=am[..., None])
+                full = full | am
             if "eyes" in parts:
                 eye = _RGB[[_COLOUR_INDEX[objs[k].eyes or "black"] for k in sel]]
                 eye = np.where((eye == base[sel]).all(-1, keepdims=True), _shade(eye), eye)
@@ -461,12 +531,14 @@ def sample_scenes(n: int, seed: int, p_two: float = 0.4) -> list[SceneSpec]:
     return [random_scene(rng, p_two) for _ in range(n)]
 
 
-def instance_images(instance: Instance, n: int, seed: int = 0) -> list[tuple[Image.Image, np.ndarray]]:
+def instance_images(
+    instance: Instance, n: int, seed: int = 0
+) -> list[tuple[Image.Image, np.ndarray]]:
     """`n` images of one instance in varied size, position and background, with its mask."""
     rng = np.random.default_rng(seed)
     specs = [instance_scene(instance, rng) for _ in range(n)]
     imgs, masks = render(specs, seed=seed + 1)
-    return [(Image.fromarray(im), m[0]) for im, m in zip(imgs, masks)]
+    return [(Image.fromarray(im), m[0]) for im, m in zip(imgs, masks, strict=True)]
 
 
 def to_pil(images: np.ndarray) -> list[Image.Image]:

@@ -1,0 +1,406 @@
+"""The seeded, resumable recipe that trains the micro base: CLIP, VAE, UNet, checker."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from perfusion_hub.errors import PhubError
+from perfusion_hub.micro import models
+from perfusion_hub.micro.tokenizer import build_tokenizer, tokenize
+from perfusion_hub.micro.training import Budget, autocast, pick_device, run_loop, warmup_cosine
+from perfusion_hub.micro.world import caption, random_scene, render
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("clip", "vae", "unet", "checker")
+DEFAULT_MINUTES: dict[str, float] = {"clip": 4.0, "vae": 8.0, "unet": 60.0, "checker": 3.0}
+P_EMPTY = 0.1
+CAPTION_DROP = 0.3
+TRAIN_TEMPLATES: tuple[str, ...] = (
+    "a {}",
+    "a {} on a red background",
+    "a {} on a blue background",
+    "a {} on a green background",
+    "a {} on a white background",
+    "a {} on the left",
+    "a {} on the right on a yellow background",
+    "a {} in the centre on a pink background",
+    "a {} next to a blue ball",
+    "a {} left of a red cup",
+    "a green tree next to a {}",
+    "a purple ball left of a {}",
+    "a {} on a brown chair",
+)
+
+
+class StageError(PhubError):
+    """A stage that cannot run because an earlier stage has not produced its output."""
+
+
+def pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (B, H, W, 3) → float (B, 3, H, W) in [-1, 1], the micro models' input convention."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _scenes(rng: np.random.Generator, n: int, seed: int) -> tuple[list, np.ndarray]:
+    specs = [random_scene(rng) for _ in range(n)]
+    imgs, _ = render(specs, seed=seed)
+    return specs, imgs
+
+
+def _done(work: Path, stage: str) -> bool:
+    return (work / f"{stage}.done").exists()
+
+
+def _mark(work: Path, stage: str, info: Mapping[str, object]) -> None:
+    (work / f"{stage}.done").write_text(json.dumps(info, indent=2))
+
+
+# ----------------------------------------------------------------------------- CLIP
+
+
+def train_clip(
+    work: Path,
+    budget: Budget,
+    device: torch.device,
+    seed: int = 0,
+    tiny: bool = False,
+    show: bool = True,
+) -> dict:
+    """Contrastive CLIP on scene/caption pairs; saves `work/clip` (model + tokenizer)."""
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    model = models.make_clip(tok, tiny).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    batch = 16 if tiny else 256
+
+    def step(i: int) -> float:
+        rng = np.random.default_rng([seed, 1, i])
+        specs, imgs = _scenes(rng, batch, seed=int(rng.integers(1 << 31)))
+        ids = torch.tensor(
+            tokenize(tok, [caption(s, rng, p_drop=CAPTION_DROP) for s in specs]), device=device
+        )
+        with autocast(device):
+            loss = model(input_ids=ids, pixel_values=pixels(imgs, device), return_loss=True).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    steps = run_loop(
+        "clip",
+        {"model": model},
+        opt,
+        step,
+        budget,
+        warmup_cosine(1e-3, 30),
+        work / "clip.ckpt",
+        show=show,
+    )
+    acc = clip_retrieval(model, tok, n=64 if tiny else 512, seed=seed + 99, device=device)
+    model.save_pretrained(work / "clip")
+    tok.save_pretrained(work / "clip")
+    info = {"steps": steps, "retrieval_acc": acc}
+    _mark(work, "clip", info)
+    return info
+
+
+@torch.no_grad()
+def clip_retrieval(
+    model: CLIPModel, tok: CLIPTokenizer, n: int, seed: int, device: torch.device
+) -> float:
+    """Top-1 text→image retrieval among `n` fresh scenes with full captions."""
+    rng = np.random.default_rng(seed)
+    specs, imgs = _scenes(rng, n, seed)
+    ids = torch.tensor(tokenize(tok, [caption(s) for s in specs]), device=device)
+    model.eval()
+    t = F.normalize(models.pooled(model.get_text_features(input_ids=ids)), dim=-1)
+    v = F.normalize(
+        models.pooled(model.get_image_features(pixel_values=pixels(imgs, device))), dim=-1
+    )
+    model.train()
+    return float(((t @ v.T).argmax(-1) == torch.arange(n, device=device)).float().mean())
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def train_vae(
+    work: Path,
+    budget: Budget,
+    device: torch.device,
+    seed: int = 0,
+    tiny: bool = False,
+    show: bool = True,
+) -> dict:
+    """KL autoencoder on scenes (MSE + L1 + 1e-6·KL); saves `work/vae` with its scaling factor."""
+    torch.manual_seed(seed)
+    vae = models.make_vae(tiny).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    batch = 8 if tiny else 16
+
+    def step(i: int) -> float:
+        rng = np.random.default_rng([seed, 2, i])
+        _, imgs = _scenes(rng, batch, seed=int(rng.integers(1 << 31)))
+        x = pixels(imgs, device)
+        with autocast(device):
+            dist = vae.encode(x).latent_dist
+            gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+            z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, device=device)
+            rec = vae.decode(z).sample.float()
+        kl = dist.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    steps = run_loop(
+        "vae",
+        {"model": vae},
+        opt,
+        step,
+        budget,
+        warmup_cosine(1e-3, 50),
+        work / "vae.ckpt",
+        show=show,
+    )
+    scale, psnr = _vae_stats(vae, n=32 if tiny else 512, seed=seed + 99, device=device)
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(work / "vae")
+    info = {"steps": steps, "psnr_db": psnr, "scaling_factor": scale}
+    _mark(work, "vae", info)
+    return info
+
+
+@torch.no_grad()
+def _vae_stats(vae: AutoencoderKL, n: int, seed: int, device: torch.device) -> tuple[float, float]:
+    """(1 / std of latents, reconstruction PSNR in dB) on `n` fresh scenes."""
+    vae.eval()
+    _, imgs = _scenes(np.random.default_rng(seed), n, seed)
+    x = pixels(imgs, device)
+    z = vae.encode(x).latent_dist.mean
+    rec = vae.decode(z).sample.clamp(-1, 1)
+    vae.train()
+    mse = float(((rec - x) / 2).pow(2).mean())
+    return 1.0 / float(z.std()), 10 * float(np.log10(1.0 / max(mse, 1e-12)))
+
+
+# ----------------------------------------------------------------------------- UNet
+
+
+def _load_clip_and_vae(
+    work: Path, device: torch.device
+) -> tuple[CLIPTokenizer, CLIPTextModel, AutoencoderKL]:
+    for stage in ("clip", "vae"):
+        if not _done(work, stage):
+            raise StageError(f"stage '{stage}' has not finished in {work}; run it first")
+    tok = CLIPTokenizer.from_pretrained(work / "clip")
+    te = models.text_encoder_from_clip(CLIPModel.from_pretrained(work / "clip")).to(device)
+    vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval().requires_grad_(False)
+    return tok, te, vae
+
+
+@torch.no_grad()
+def _latent_pool(
+    vae: AutoencoderKL,
+    tok: CLIPTokenizer,
+    n: int,
+    variants: int,
+    seed: int,
+    device: torch.device,
+    show: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled latents (n, 4, 16, 16) fp16 and caption ids (n, variants, 32) of `n` scenes."""
+    rng = np.random.default_rng([seed, 3])
+    lat, ids = [], []
+    chunk = 256
+    from rich.progress import track
+
+    for start in track(range(0, n, chunk), description="latents", disable=not show):
+        specs, imgs = _scenes(rng, min(chunk, n - start), seed=int(rng.integers(1 << 31)))
+        with autocast(device):
+            z = vae.encode(pixels(imgs, device)).latent_dist.mean.float()
+        lat.append((z * vae.config.scaling_factor).half().cpu())
+        caps = [caption(s, rng, p_drop=CAPTION_DROP) for s in specs for _ in range(variants)]
+        ids.append(torch.tensor(tokenize(tok, caps)).view(len(specs), variants, -1))
+    return torch.cat(lat), torch.cat(ids)
+
+
+def train_unet(
+    work: Path,
+    budget: Budget,
+    device: torch.device,
+    seed: int = 0,
+    tiny: bool = False,
+    show: bool = True,
+    pool_size: int | None = None,
+) -> dict:
+    """ε-prediction UNet on precomputed latents, 10 % empty captions, min-SNR-5 weights, EMA."""
+    torch.manual_seed(seed)
+    tok, te, vae = _load_clip_and_vae(work, device)
+    unet = models.make_unet(tiny, cross_attention_dim=te.config.hidden_size).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    sched = models.make_noise_scheduler()
+    alphas = sched.alphas_cumprod.to(device)
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=5.0) / snr
+    n = pool_size or (64 if tiny else 40_000)
+    lat, ids = _latent_pool(vae, tok, n, variants=3, seed=seed, device=device, show=show)
+    lat, ids = lat.to(device), ids.to(device)
+    empty = torch.tensor(tokenize(tok, [""]), device=device)[0]
+    opt = torch.optim.AdamW(unet.parameters(), lr=6e-4, weight_decay=0.01)
+    batch = 8 if tiny else 64
+
+    def step(i: int) -> float:
+        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+        pick = torch.randint(0, n, (batch,), generator=gen, device=device)
+        var = torch.randint(0, ids.shape[1], (batch,), generator=gen, device=device)
+        tokens = ids[pick, var]
+        drop = torch.rand(batch, generator=gen, device=device) < P_EMPTY
+        tokens = torch.where(drop[:, None], empty[None], tokens)
+        with torch.no_grad():
+            states = te(tokens).last_hidden_state
+        z = lat[pick].float()
+        noise = torch.randn(z.shape, generator=gen, device=device)
+        t = torch.randint(
+            0, sched.config.num_train_timesteps, (batch,), generator=gen, device=device
+        )
+        with autocast(device):
+            pred = unet(sched.add_noise(z, noise, t), t, states).sample.float()
+        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(0.999, (1 + i) / (10 + i))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        return loss.item()
+
+    def export() -> None:
+        export_pipeline(work / "pipeline", tok, te, vae, ema)
+
+    steps = run_loop(
+        "unet",
+        {"model": unet, "ema": ema},
+        opt,
+        step,
+        budget,
+        warmup_cosine(6e-4, 200, floor=0.1),
+        work / "unet.ckpt",
+        on_checkpoint=export,
+        show=show,
+    )
+    info = {"steps": steps, "batch": batch, "pool": n}
+    _mark(work, "unet", info)
+    return info
+
+
+def export_pipeline(
+    dest: Path,
+    tok: CLIPTokenizer,
+    te: CLIPTextModel,
+    vae: AutoencoderKL,
+    unet: torch.nn.Module,
+    fp16: bool = True,
+) -> Path:
+    """Save a standard StableDiffusionPipeline folder (Euler-ancestral, no safety checker)."""
+    sched = EulerAncestralDiscreteScheduler.from_config(models.make_noise_scheduler().config)
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae).cpu(),
+        text_encoder=copy.deepcopy(te).cpu(),
+        tokenizer=tok,
+        unet=copy.deepcopy(unet).cpu(),
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if fp16:
+        pipe.to(dtype=torch.float16)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    meta = {"name": "micro", "resolution": models.RES, "train_templates": list(TRAIN_TEMPLATES)}
+    (tmp / "phub_base.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------- all stages
+
+
+def _train_checker(
+    work: Path,
+    budget: Budget,
+    device: torch.device,
+    seed: int = 0,
+    tiny: bool = False,
+    show: bool = True,
+) -> dict:
+    from perfusion_hub.micro.checker import train_checker
+
+    return train_checker(work, budget, device, seed=seed, tiny=tiny, show=show)
+
+
+def train_base(
+    out_dir: str | Path,
+    stages: Sequence[str] = STAGES,
+    minutes: Mapping[str, float] | None = None,
+    steps: Mapping[str, int] | None = None,
+    device: str | torch.device | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    tiny: bool = False,
+    show: bool = True,
+) -> dict[str, dict]:
+    """Train the micro base's stages into `out_dir`, skipping finished ones when `resume`.
+
+    `minutes`/`steps` override the per-stage budget (default: DEFAULT_MINUTES). Outputs:
+    `out_dir/clip`, `out_dir/vae`, `out_dir/pipeline` (the StableDiffusionPipeline folder) and
+    `out_dir/checker`; `install_assets(out_dir)` copies them into the package.
+    """
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise PhubError(
+            f"unknown micro stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}"
+        )
+    work = Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    runners = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "checker": _train_checker}
+    report: dict[str, dict] = {}
+    for stage in (s for s in STAGES if s in stages):
+        if resume and _done(work, stage):
+            report[stage] = json.loads((work / f"{stage}.done").read_text())
+            continue
+        if not resume:
+            (work / f"{stage}.ckpt").unlink(missing_ok=True)
+        budget = Budget(
+            minutes=(minutes or {}).get(
+                stage, None if steps and stage in steps else DEFAULT_MINUTES[stage]
+            ),
+            steps=(steps or {}).get(stage),
+        )
+        report[stage] = runners[stage](work, budget, dev, seed=seed, tiny=tiny, show=show)
+        log.info("micro %s: %s", stage, report[stage])
+    return report

@@ -1,0 +1,261 @@
+"""`apply`: install concepts into a diffusers pipeline, and restore it exactly afterwards.
+
+    with apply(pipe, [cat, chair], inverse_covariance) as edit:
+        image = pipe("a <my-cat> on a <my-chair>").images[0]
+
+Installing (1) checks every concept against the pipeline's base, (2) gives the pipeline a copy
+of its tokenizer holding the concept tokens and a text-encoder embedding matrix one row longer
+per concept (row = v*, kept live by a forward hook so that training sees gradients), and
+(3) swaps the UNet's processors for Perfusion processors on `attn2` and pass-through wrappers
+elsewhere. Leaving the context puts back the original tokenizer object, embedding module and
+processor objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from perfusion_hub.bases.fingerprint import EDIT_ATTRIBUTE, FINGERPRINT_ATTRIBUTE
+from perfusion_hub.bases.layers import cross_attention_layers
+from perfusion_hub.concepts import LOCK_MODES, BaseFingerprint, Concept
+from perfusion_hub.errors import ConflictError, IncompatibleBaseError, PhubError
+from perfusion_hub.perfusion.processor import (
+    ConceptStack,
+    PassthroughProcessor,
+    PerfusionAttnProcessor,
+    refuse_fused,
+)
+from perfusion_hub.perfusion.state import ConceptState
+
+
+def apply(pipe: Any, concepts: Sequence[Concept | ConceptState], inverse_covariance: torch.Tensor,
+          *, beta: float | None = None, tau: float | None = None, lock: str | None = None,
+          record_gates: bool = False) -> PerfusionEdit:
+    """Install `concepts` (one gated multi-concept edit) into `pipe`; returns the `PerfusionEdit`,
+    which is also a context manager that removes it on exit.
+
+    `beta`, `tau`, `lock` override every concept's own defaults. `ConceptState`s are used as
+    they are (training passes its trainable states); `Concept`s are converted.
+    """
+    return PerfusionEdit(pipe, concepts, inverse_covariance, beta=beta, tau=tau, lock=lock,
+                         record_gates=record_gates)
+
+
+class PerfusionEdit:
+    """An installed edit. Attributes: `states` (in order), `processors` (layer → processor),
+    `token_ids` (one per state), `tokenizer` (the pipeline's tokenizer while installed)."""
+
+    def __init__(self, pipe: Any, concepts: Sequence[Concept | ConceptState],
+                 inverse_covariance: torch.Tensor, *, beta: float | None, tau: float | None,
+                 lock: str | None, record_gates: bool) -> None:
+        if getattr(pipe, EDIT_ATTRIBUTE, None) is not None:
+            raise ConflictError(
+                "This pipeline already has Perfusion concepts installed; pass all concepts to one "
+                "`apply(...)` call, or leave the first `with apply(...)` block before installing "
+                "again."
+            )
+        if lock is not None and lock not in LOCK_MODES:
+            raise PhubError(f"lock must be one of {LOCK_MODES}, not {lock!r}.")
+        self.pipe = pipe
+        unet, text_encoder = pipe.unet, pipe.text_encoder
+        layers = cross_attention_layers(unet)
+        width = text_encoder.get_input_embeddings().weight.shape[1]
+        for concept in concepts:
+            check_compatible(concept, pipe, width, layers)
+        if tuple(inverse_covariance.shape) != (width, width):
+            raise IncompatibleBaseError(
+                f"The inverse covariance is {list(inverse_covariance.shape)} but the text encoder "
+                f"is {width} wide: use the statistics of this base (`Hub.open_base`)."
+            )
+        names = [c.name for c in concepts]
+        if len(set(names)) != len(names):
+            raise ConflictError(f"Concepts {names} repeat a name; each may be installed once.")
+        for layer in layers:
+            refuse_fused(unet.get_submodule(layer.name), layer.name)
+
+        device = unet.device
+        self.states: tuple[ConceptState, ...] = tuple(_as_state(c, device) for c in concepts)
+        self._gate_backup = [(s.beta, s.tau, s.lock) for s in self.states]
+        for state in self.states:
+            state.beta = state.beta if beta is None else float(beta)
+            state.tau = state.tau if tau is None else float(tau)
+            state.lock = state.lock if lock is None else lock
+        self.stack = ConceptStack(self.states, inverse_covariance.to(device), record_gates)
+
+        self._original_tokenizer = pipe.tokenizer
+        self._original_embedding = text_encoder.get_input_embeddings()
+        self._original_vocab_size = text_encoder.config.vocab_size
+        self._original_processors = dict(unet.attn_processors)
+        self._hook = None
+        try:
+            self._install_tokens()
+            self._install_processors(layers)
+        except BaseException:
+            self.remove()
+            raise
+        setattr(pipe, EDIT_ATTRIBUTE, self)
+
+    # tokens -------------------------------------------------------------------------------
+
+    def _install_tokens(self) -> None:
+        pipe = self.pipe
+        tokenizer = copy.deepcopy(self._original_tokenizer)
+        tokens = [s.token for s in self.states]
+        present = [t for t in tokens if t in tokenizer.get_vocab()]
+        if present:
+            raise ConflictError(f"The tokenizer already holds {present}; a pipeline that carries "
+                                "concept tokens cannot take them again.")
+        tokenizer.add_tokens(tokens)
+        self.token_ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        for token, token_id in zip(tokens, self.token_ids, strict=True):
+            ids = tokenizer(token, add_special_tokens=False).input_ids
+            if ids != [token_id]:
+                raise PhubError(f"The tokenizer splits {token} into {ids}; it must be one token.")
+        old = self._original_embedding
+        new = nn.Embedding(len(tokenizer), old.weight.shape[1], device=old.weight.device,
+                           dtype=old.weight.dtype)
+        new.weight.requires_grad_(False)
+        with torch.no_grad():
+            new.weight[: old.weight.shape[0]] = old.weight
+            for state, token_id in zip(self.states, self.token_ids, strict=True):
+                new.weight[token_id] = state.word_embedding.detach().to(new.weight)
+        self._hook = new.register_forward_hook(self._live_word_embeddings)
+        pipe.text_encoder.set_input_embeddings(new)
+        pipe.text_encoder.config.vocab_size = len(tokenizer)
+        pipe.tokenizer = tokenizer
+        self.tokenizer = tokenizer
+
+    def _live_word_embeddings(self, module: nn.Module, inputs: tuple,
+                              output: torch.Tensor) -> torch.Tensor:
+        """Rows of concept tokens read v* itself, so that v* trains through the text encoder."""
+        ids = inputs[0]
+        for state, token_id in zip(self.states, self.token_ids, strict=True):
+            mask = (ids == token_id).unsqueeze(-1)
+            output = torch.where(mask, state.word_embedding.to(output.dtype), output)
+        return output
+
+    # processors ---------------------------------------------------------------------------
+
+    def _install_processors(self, layers: Sequence[Any]) -> None:
+        unet = self.pipe.unet
+        edited = {f"{layer.name}.processor": layer.name for layer in layers}
+        self.processors: dict[str, PerfusionAttnProcessor] = {}
+        replacement: dict[str, Any] = {}
+        for key, processor in self._original_processors.items():
+            if key in edited:
+                replacement[key] = self.processors[edited[key]] = PerfusionAttnProcessor(
+                    edited[key], self.stack)
+            else:
+                replacement[key] = PassthroughProcessor(processor)
+        unet.set_attn_processor(replacement)
+        missing = [layer.name for layer in layers if
+                   unet.get_submodule(layer.name).processor is not self.processors.get(layer.name)]
+        if missing or not layers:
+            raise PhubError(
+                f"Perfusion processors could not be installed on {missing or 'any attn2 layer'}; "
+                "this UNet's cross-attention layers are not standard diffusers `Attention`."
+            )
+
+    # removal ------------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Restore the pipeline exactly (tokenizer, embedding module, vocab size, processors)."""
+        pipe = self.pipe
+        unet = pipe.unet
+        if any(unet.attn_processors[k] is not v for k, v in self._original_processors.items()):
+            unet.set_attn_processor(dict(self._original_processors))
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        pipe.text_encoder.set_input_embeddings(self._original_embedding)
+        pipe.text_encoder.config.vocab_size = self._original_vocab_size
+        if pipe.tokenizer is not self._original_tokenizer:
+            pipe.tokenizer = self._original_tokenizer
+        for state, (beta, tau, lock) in zip(self.states, self._gate_backup, strict=True):
+            state.beta, state.tau, state.lock = beta, tau, lock
+        if getattr(pipe, EDIT_ATTRIBUTE, None) is self:
+            setattr(pipe, EDIT_ATTRIBUTE, None)
+
+    def __enter__(self) -> PerfusionEdit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # helpers for callers ------------------------------------------------------------------
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """Gate values (batch, tokens) per concept from the last fresh K/V evaluation
+        (needs `record_gates=True`)."""
+        return dict(self.stack.recorded)
+
+    def key_prompt(self, prompt: str) -> str:
+        """The prompt the key path reads: tokens of globally locked concepts replaced by their
+        superclass words (method.md §3, global locking)."""
+        for state in self.states:
+            if state.lock == "global":
+                prompt = re.sub(re.escape(state.token), state.superclass, prompt)
+        return prompt
+
+    def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Text encoding as the Stable Diffusion pipeline computes it (max-length padding)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        pipe = self.pipe
+        ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                             max_length=pipe.tokenizer.model_max_length).input_ids
+        return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+    def key_encoder_hidden_states(self, prompts: str | Sequence[str], *,
+                                  guidance: bool = True, negative_prompt_embeds:
+                                  torch.Tensor | None = None,
+                                  num_images_per_prompt: int = 1) -> torch.Tensor:
+        """`key_encoder_hidden_states` for one pipeline call, laid out like its text encoding
+        ([unconditional; conditional] under classifier-free guidance). The unconditional rows
+        are the unconditional encoding itself (default: the empty prompt)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        keys = self.encode([self.key_prompt(p) for p in prompts])
+        keys = keys.repeat_interleave(num_images_per_prompt, dim=0)
+        if not guidance:
+            return keys
+        if negative_prompt_embeds is None:
+            negative_prompt_embeds = self.encode([""] * len(prompts))
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(
+                num_images_per_prompt, dim=0)
+        return torch.cat([negative_prompt_embeds.to(keys), keys])
+
+
+def check_compatible(concept: Concept | ConceptState, pipe: Any, width: int,
+                     layers: tuple) -> None:
+    """Raise `IncompatibleBaseError` (naming both bases and what differs) before any tensor work."""
+    carried: BaseFingerprint | None = getattr(pipe, FINGERPRINT_ATTRIBUTE, None)
+    if isinstance(concept, Concept):
+        base = concept.base
+        here = carried or BaseFingerprint(base.architecture, width, layers, base.weights_hash,
+                                          source="the loaded pipeline")
+        differences = base.differences(here)
+        if carried is None:
+            differences = [d for d in differences if not d.startswith(("architecture", "weights"))]
+        if differences:
+            raise IncompatibleBaseError(
+                f"Concept '{concept.name}' was trained on base {base.label}, not on "
+                f"{here.label}: {'; '.join(differences)}. Use it with its own base."
+            )
+        return
+    if concept.text_width != width or set(concept.layer_names) != {layer.name for layer in layers}:
+        raise IncompatibleBaseError(
+            f"Concept state '{concept.name}' (text width {concept.text_width}, "
+            f"{len(concept.layer_names)} layers) does not fit this pipeline (text width {width}, "
+            f"{len(layers)} cross-attention layers). Use it with its own base."
+        )
+
+
+def _as_state(concept: Concept | ConceptState, device: torch.device) -> ConceptState:
+    if isinstance(concept, ConceptState):
+        return concept if concept.word_embedding.device == device else concept.to(device)
+    return ConceptState.from_concept(concept).to(device)

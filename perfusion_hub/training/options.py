@@ -1,0 +1,66 @@
+"""Options of one training run (method.md §5), validated, and recorded in the concept file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from perfusion_hub.concepts import LOCK_MODES
+from perfusion_hub.errors import TrainingError
+
+DEVICES = ("auto", "cpu", "cuda")
+TRAIN_BETA = 0.75
+TRAIN_TAU = 0.10
+EMA_DECAY = 0.99
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything that shapes the result. Defaults are the reference recipe of method.md §5.
+
+    `steps` counts optimiser steps; each sees `batch_size × grad_accum` images.
+    `resolution` None means the base's own.
+    """
+
+    steps: int = 400
+    batch_size: int = 4
+    grad_accum: int = 4
+    lr_embedding: float = 0.006
+    lr_values: float = 0.03
+    weight_decay: float = 0.0
+    lock: str = "local"
+    seed: int = 0
+    resolution: int | None = None
+    flip: bool = True
+    device: str = "auto"
+    preview_every: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1.")
+        for name in ("preview_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 0:
+                raise TrainingError(f"--{name.replace('_', '-')} must be 0 (off) or positive.")
+        for name in ("lr_embedding", "lr_values", "weight_decay"):
+            if not float(getattr(self, name)) >= 0:
+                raise TrainingError(f"--{name.replace('_', '-')} must be a non-negative number.")
+        if self.lock not in LOCK_MODES:
+            raise TrainingError(f"--lock must be one of {', '.join(LOCK_MODES)}, "
+                                f"not {self.lock!r}.")
+        if self.device not in DEVICES:
+            raise TrainingError(f"--device must be one of {', '.join(DEVICES)}, "
+                                f"not {self.device!r}.")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise TrainingError("--resolution must be a positive multiple of 8 (the VAE's "
+                                "downsampling factor).")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def differences(self, other: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+        """Options that differ from a recorded `to_json()` (for resuming), as 'name: a → b'."""
+        return [f"{f.name}: {other.get(f.name)!r} → {getattr(self, f.name)!r}" for f in fields(self)
+                if f.name not in ignore and other.get(f.name) != getattr(self, f.name)]

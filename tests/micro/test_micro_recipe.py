@@ -1,0 +1,62 @@
+"""A smoke run of every training stage on tiny configurations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from perfusion_hub.errors import PhubError
+from perfusion_hub.micro.checker import Checker
+from perfusion_hub.micro.recipe import STAGES, train_base
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("micro")
+    steps = dict.fromkeys(STAGES, 2)
+    return out, train_base(out, steps=steps, device="cpu", tiny=True, show=False)
+
+
+def test_every_stage_runs_and_reports(tiny_run: tuple[Path, dict]) -> None:
+    out, report = tiny_run
+    assert set(report) == set(STAGES)
+    assert all(report[s]["steps"] == 2 for s in STAGES)
+    assert 0.0 <= report["clip"]["retrieval_acc"] <= 1.0
+    assert report["vae"]["scaling_factor"] > 0
+    assert Checker.load(out / "checker").read(torch.zeros(1, 3, 64, 64))[0].layout
+
+
+def test_tiny_pipeline_loads_and_renders(tiny_run: tuple[Path, dict]) -> None:
+    out, _ = tiny_run
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", torch_dtype=torch.float32)
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    image = pipe("a red cat", num_inference_steps=2, guidance_scale=3.0).images[0]
+    assert image.size == (64, 64)
+    meta = json.loads((out / "pipeline" / "phub_base.json").read_text())
+    assert meta["name"] == "micro" and meta["resolution"] == 64
+
+
+def test_resume_skips_finished_stages(tiny_run: tuple[Path, dict]) -> None:
+    out, report = tiny_run
+    before = (out / "unet.done").stat().st_mtime
+    again = train_base(out, stages=("unet",), steps={"unet": 50}, tiny=True, show=False)
+    assert again["unet"] == report["unet"]
+    assert (out / "unet.done").stat().st_mtime == before
+
+
+def test_a_checkpoint_resumes_where_it_stopped(tmp_path: Path) -> None:
+    first = train_base(tmp_path, stages=("checker",), steps={"checker": 2}, tiny=True, show=False)
+    (tmp_path / "checker.done").unlink()
+    more = train_base(tmp_path, stages=("checker",), steps={"checker": 3}, tiny=True, show=False)
+    assert first["checker"]["steps"] == 2 and more["checker"]["steps"] == 3
+
+
+def test_unet_needs_clip_and_vae(tmp_path: Path) -> None:
+    with pytest.raises(PhubError, match="clip"):
+        train_base(tmp_path, stages=("unet",), steps={"unet": 1}, tiny=True, show=False)
+    with pytest.raises(PhubError, match="unknown"):
+        train_base(tmp_path, stages=("gan",), tiny=True, show=False)
