@@ -114,3 +114,13 @@ def test_hub_and_cli(home, folder, tmp_path):
     hub = Hub(home)
     assert [b.name for b in hub.bases()] == ["tiny"]
     assert hub.open_base("tiny").covariance_hash == listed[0]["covariance_hash"]
+
+
+def test_micro_statistics_use_the_micro_worlds_own_words():
+    from perfusion_hub.micro.world import vocabulary
+
+    captions = registry_bases.default_captions("phub-micro", 200)
+    words = set(vocabulary())
+    assert len(captions) == 200
+    assert all(word in words for caption in captions for word in caption.split())
+    assert registry_bases.default_captions("sd-like-32", 100)[0] != captions[0]

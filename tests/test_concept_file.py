@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,36 @@ def test_an_sd1_concept_fits_in_32_kb_at_fp16(tmp_path):
     assert fp32.stat().st_size > 2 * 14_784 * 2  # fp32 on request really is fp32
     loaded, _ = load_concept(fp16)
     assert [layer.name for layer in loaded.base.layers] == [layer.name for layer in layers]
+
+
+@pytest.mark.parametrize("method", ["textual-inversion", "no-key-lock"])
+def test_baseline_methods_round_trip(tmp_path, method):
+    concept = synthetic_concept("baseline")
+    layers = concept.base.layers
+    if method == "no-key-lock":
+        keys = {layer.name: np.full(layer.out_features, 0.5, np.float32) for layer in layers}
+        concept = replace(concept, method=method, key_targets=keys)
+    else:
+        concept = replace(concept, method=method, value_targets={})
+    content_hash = save_concept(concept, tmp_path / "c.safetensors")
+    loaded, loaded_hash = load_concept(tmp_path / "c.safetensors")
+    assert loaded_hash == content_hash and loaded.method == method
+    if method == "no-key-lock":
+        for layer in layers:
+            np.testing.assert_array_equal(loaded.key_targets[layer.name], 0.5)
+    else:
+        assert loaded.value_targets == {} and loaded.key_targets is None
+
+
+def test_key_targets_only_with_the_no_key_lock_method():
+    concept = synthetic_concept("baseline")
+    with pytest.raises(ValueError, match="no-key-lock"):
+        replace(concept, key_targets=dict(concept.value_targets))
+
+
+def test_a_method_the_file_declares_without_its_tensors(concept_file, tmp_path):
+    source = concept_file("cat")
+    target = rewrite(source, tmp_path / "keyless.safetensors",
+                     details=lambda d: d.update(method="no-key-lock"))
+    with pytest.raises(ConceptFileError, match="key_targets"):
+        load_concept(target)

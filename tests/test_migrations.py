@@ -107,13 +107,11 @@ def test_an_empty_database_is_not_backed_up(tmp_path):
     assert not settings.backups_dir.exists()
 
 
-def test_a_later_batch_migration_keeps_rows_and_foreign_keys(tmp_path):
-    """A second revision that recreates tables (batch mode, as SQLite needs) on a database
-    holding rows: upgrade and downgrade lose nothing, and a backup is taken first."""
+def scripts_with(tmp_path: Path, upgrade: str, downgrade: str) -> str:
+    """A copy of the migrations with one more revision, `0002_test`, on top."""
     scripts = tmp_path / "migrations"
-    shutil.copytree(REPO / "migrations", scripts,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_test.py").write_text(textwrap.dedent('''
+    shutil.copytree(REPO / "migrations", scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    body = textwrap.dedent("""
         import sqlalchemy as sa
         from alembic import op
 
@@ -124,38 +122,67 @@ def test_a_later_batch_migration_keeps_rows_and_foreign_keys(tmp_path):
 
 
         def upgrade():
-            with op.batch_alter_table("bases", recreate="always") as batch:
-                batch.add_column(sa.Column("note", sa.String(32), nullable=True))
-            with op.batch_alter_table("concepts", recreate="always") as batch:
-                batch.add_column(sa.Column("favourite", sa.Boolean(), nullable=True))
+        {upgrade}
 
 
         def downgrade():
-            with op.batch_alter_table("concepts") as batch:
-                batch.drop_column("favourite")
-            with op.batch_alter_table("bases") as batch:
-                batch.drop_column("note")
-    '''))
+        {downgrade}
+    """).format(upgrade=textwrap.indent(textwrap.dedent(upgrade), "    "),
+                downgrade=textwrap.indent(textwrap.dedent(downgrade), "    "))
+    (scripts / "versions" / "0002_test.py").write_text(body)
+    return str(scripts)
+
+
+def test_a_later_batch_migration_keeps_rows_and_foreign_keys(tmp_path):
+    """A second revision that recreates tables (batch mode, as SQLite needs) on a database
+    holding rows: upgrade and downgrade lose nothing."""
+    scripts = scripts_with(tmp_path, upgrade="""
+        with op.batch_alter_table("bases", recreate="always") as batch:
+            batch.add_column(sa.Column("note", sa.String(32), nullable=True))
+        with op.batch_alter_table("concepts", recreate="always") as batch:
+            batch.add_column(sa.Column("favourite", sa.Boolean(), nullable=True))
+    """, downgrade="""
+        with op.batch_alter_table("concepts") as batch:
+            batch.drop_column("favourite")
+        with op.batch_alter_table("bases") as batch:
+            batch.drop_column("note")
+    """)
     settings = fresh(tmp_path)
     with Registry(settings) as registry:
         populate(registry)
         before = snapshot(registry)
         engine, url = registry.engine, settings.database_url
-        backup = database.backup_sqlite(Path(engine.url.database), settings.backups_dir,
-                                        registry.revision())
-        database.run_migrations(engine, url, "upgrade", "head", str(scripts))
+        database.run_migrations(engine, url, "upgrade", "head", scripts)
         assert registry.revision() == "0002_test"
         assert "note" in {c["name"] for c in inspect(engine).get_columns("bases")}
         assert snapshot(registry) == before
         with engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        database.run_migrations(engine, url, "downgrade", "0001_initial", str(scripts))
+        database.run_migrations(engine, url, "downgrade", "0001_initial", scripts)
         assert registry.revision() == "0001_initial"
         assert snapshot(registry) == before
-    with sqlite3.connect(backup) as copy:
-        assert copy.execute("SELECT count(*) FROM concepts").fetchone() == (2,)
-    copy.close()
+
+
+def test_a_migration_that_breaks_foreign_keys_changes_nothing(tmp_path):
+    from perfusion_hub.errors import RegistryError
+
+    scripts = scripts_with(tmp_path, upgrade="""
+        op.add_column("renders", sa.Column("note", sa.String(32), nullable=True))
+        op.execute("DELETE FROM bases")
+    """, downgrade="""
+        pass
+    """)
+    settings = fresh(tmp_path)
+    with Registry(settings) as registry:
+        populate(registry)
+        before = snapshot(registry)
+        with pytest.raises(RegistryError, match="foreign keys.*nothing was changed"):
+            database.run_migrations(registry.engine, settings.database_url, "upgrade", "head",
+                                    scripts)
+        assert registry.revision() == database.HEAD_REVISION
+        assert "note" not in {c["name"] for c in inspect(registry.engine).get_columns("renders")}
+        assert snapshot(registry) == before
 
 
 def test_a_database_from_a_newer_version_is_refused_clearly(tmp_path):

@@ -36,6 +36,8 @@ def snapshot(pipe):
         "weights": embedding.weight.detach().clone(),
         "vocab_size": pipe.text_encoder.config.vocab_size,
         "processors": dict(pipe.unet.attn_processors),
+        "hooks": (dict(pipe.unet._forward_pre_hooks), dict(pipe.unet._forward_hooks),
+                  dict(pipe.text_encoder.get_input_embeddings()._forward_hooks)),
     }
 
 
@@ -47,6 +49,7 @@ def assert_restored(pipe, before):
     assert after["vocab_size"] == before["vocab_size"]
     assert after["processors"].keys() == before["processors"].keys()
     assert all(after["processors"][k] is v for k, v in before["processors"].items())
+    assert after["hooks"] == before["hooks"]
 
 
 def test_install_then_remove_restores_everything(pipe, inv, concepts):

@@ -163,10 +163,11 @@ def test_kv_cached_per_encoding_and_invalidated(pipe, inv, concepts, monkeypatch
         with torch.no_grad():
             edit.states[1].value_target(attn2(pipe)[0][0]).mul_(2)
         unet(pipe, text, concept_betas={"c0": 0.5})
-        assert len(calls) == 4 * layers + 2  # only the changed layer
-        other = text.clone()
-        unet(pipe, other, concept_betas={"c0": 0.5})
-        assert len(calls) == 6 * layers + 2  # a new encoding
+        assert len(calls) == 6 * layers  # a concept changed
+        unet(pipe, text.clone(), concept_betas={"c0": 0.5})
+        assert len(calls) == 8 * layers  # a new encoding
+        unet(pipe, text, concept_betas={"c0": 0.5}, concept_taus=[0.2, 0.2])
+        assert len(calls) == 10 * layers  # new gate parameters again
 
 
 def test_recorded_gates_fire_on_each_concepts_own_token(pipe, inv):

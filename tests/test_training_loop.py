@@ -174,6 +174,22 @@ def test_global_lock_masks_and_preview(images, tmp_path):
         assert preview.size == (16, 16)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_base_trains_a_float32_concept(images, tmp_path, dtype):
+    """As on a GPU: frozen base in bf16 (or fp16 with a gradient scaler), concept in fp32."""
+    reference = run(tiny_base(), images, tmp_path / "fp32", steps=2)
+    base = tiny_base()
+    base.pipe.to(dtype=dtype)
+    result = run(base, images, tmp_path / "half", steps=2)
+    assert result.precision == str(dtype).removeprefix("torch.")
+    assert all(np.isfinite(result.losses))
+    assert np.allclose(result.losses, reference.losses, rtol=0.05)
+    for name, tensor in result.state.state_dict().items():
+        assert tensor.dtype == torch.float32, name
+        expected = reference.state.state_dict()[name]
+        assert (tensor - expected).norm() / expected.norm() < 0.05, name
+
+
 def test_mask_weights_are_normalised_per_image(images, tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()

@@ -1,6 +1,14 @@
 """The concept file format: `Concept` ⇄ safetensors, validation and content hash."""
 
-from perfusion_hub.concepts.concept import DEFAULT_BETA, DEFAULT_TAU, LOCK_MODES, Concept, LockMode
+from perfusion_hub.concepts.concept import (
+    DEFAULT_BETA,
+    DEFAULT_TAU,
+    LOCK_MODES,
+    METHODS,
+    Concept,
+    LockMode,
+    Method,
+)
 from perfusion_hub.concepts.file import (
     concept_hash,
     concept_to_bytes,
@@ -14,10 +22,12 @@ __all__ = [
     "DEFAULT_BETA",
     "DEFAULT_TAU",
     "LOCK_MODES",
+    "METHODS",
     "BaseFingerprint",
     "Concept",
     "LayerSpec",
     "LockMode",
+    "Method",
     "concept_hash",
     "concept_to_bytes",
     "load_concept",

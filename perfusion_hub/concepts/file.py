@@ -3,6 +3,8 @@
 Layout (all tensors 1-D, float16 by default, float32 on request):
     word_embedding, target_input, superclass_input   (d each)
     value_targets   o*_V of every layer concatenated in the declared layer order
+                    (absent for textual inversion)
+    key_targets     learned o*_K, same layout (only for the `no-key-lock` baseline)
 Metadata: ModelSpec keys plus `perfusion_hub`, one JSON object with everything else.
 Identity is the SHA-256 of the tensors (names, dtypes, shapes, bytes), never of the header,
 so renaming or re-describing a concept keeps its identity.
@@ -20,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_numpy
 
 from perfusion_hub import __version__
-from perfusion_hub.concepts.concept import LOCK_MODES, Concept
+from perfusion_hub.concepts.concept import LOCK_MODES, METHODS, Concept
 from perfusion_hub.concepts.fingerprint import BaseFingerprint
 from perfusion_hub.errors import ConceptFileError, InvalidNameError
 from perfusion_hub.files import atomic_write_bytes
@@ -29,6 +31,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "perfusion_hub"
 VECTOR_KEYS = ("word_embedding", "target_input", "superclass_input")
 VALUES_KEY = "value_targets"
+KEYS_KEY = "key_targets"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -37,16 +40,23 @@ def concept_tensors(concept: Concept, dtype: str = "float16") -> dict[str, np.nd
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     np_dtype = DTYPES[dtype]
-    layers = concept.base.layers
-    missing = [layer.name for layer in layers if layer.name not in concept.value_targets]
-    if missing:
-        raise ValueError(f"value_targets lacks layers {missing[:3]}...")
-    values = np.concatenate(
-        [np.asarray(concept.value_targets[layer.name]).reshape(-1) for layer in concept.base.layers]
-    )
     tensors = {key: np.asarray(getattr(concept, key)).reshape(-1) for key in VECTOR_KEYS}
-    tensors[VALUES_KEY] = values
+    if concept.method != "textual-inversion":
+        tensors[VALUES_KEY] = _concatenate_layers(concept, concept.value_targets, VALUES_KEY)
+    if concept.key_targets is not None:
+        tensors[KEYS_KEY] = _concatenate_layers(concept, concept.key_targets, KEYS_KEY)
     return {key: np.ascontiguousarray(value.astype(np_dtype)) for key, value in tensors.items()}
+
+
+def _concatenate_layers(
+    concept: Concept, per_layer: dict[str, np.ndarray], what: str
+) -> np.ndarray:
+    missing = [layer.name for layer in concept.base.layers if layer.name not in per_layer]
+    if missing:
+        raise ValueError(f"{what} lacks layers {missing[:3]}")
+    return np.concatenate(
+        [np.asarray(per_layer[layer.name]).reshape(-1) for layer in concept.base.layers]
+    )
 
 
 def tensors_hash(tensors: dict[str, np.ndarray]) -> str:
@@ -86,6 +96,7 @@ def _metadata(concept: Concept, content_hash: str) -> dict[str, str]:
         "superclass": concept.superclass,
         "superclass_token_id": concept.superclass_token_id,
         "lock": concept.lock,
+        "method": concept.method,
         "beta": concept.beta,
         "tau": concept.tau,
         "base": concept.base.to_json(),
@@ -152,9 +163,15 @@ def _concept_from(path: Path, metadata: dict[str, str], tensors: dict[str, np.nd
         raise fail(f"invalid base fingerprint ({error})") from error
     if details["lock"] not in LOCK_MODES:
         raise fail(f"lock mode {details['lock']!r} is not one of {LOCK_MODES}")
+    method = details.get("method", "perfusion")
+    if method not in METHODS:
+        raise fail(f"method {method!r} is not one of {METHODS}")
 
     expected = {key: base.text_width for key in VECTOR_KEYS}
-    expected[VALUES_KEY] = base.total_out_features
+    if method != "textual-inversion":
+        expected[VALUES_KEY] = base.total_out_features
+    if method == "no-key-lock":
+        expected[KEYS_KEY] = base.total_out_features
     if set(tensors) != set(expected):
         raise fail(f"tensors {sorted(tensors)} do not match the expected {sorted(expected)}")
     for key, length in expected.items():
@@ -170,10 +187,13 @@ def _concept_from(path: Path, metadata: dict[str, str], tensors: dict[str, np.nd
             raise fail(f"tensor '{key}' holds NaN or infinite values")
 
     offsets = np.cumsum([0] + [layer.out_features for layer in base.layers])
-    values = {
-        layer.name: tensors[VALUES_KEY][start:end]
-        for layer, start, end in zip(base.layers, offsets[:-1], offsets[1:], strict=True)
-    }
+
+    def per_layer(key: str) -> dict[str, np.ndarray]:
+        return {
+            layer.name: tensors[key][start:end]
+            for layer, start, end in zip(base.layers, offsets[:-1], offsets[1:], strict=True)
+        }
+
     try:
         return Concept(
             name=str(details["name"]),
@@ -182,13 +202,15 @@ def _concept_from(path: Path, metadata: dict[str, str], tensors: dict[str, np.nd
             word_embedding=tensors["word_embedding"],
             target_input=tensors["target_input"],
             superclass_input=tensors["superclass_input"],
-            value_targets=values,
+            value_targets=per_layer(VALUES_KEY) if VALUES_KEY in tensors else {},
             base=base,
             covariance_hash=str(details["covariance_hash"]),
             lock=details["lock"],
             beta=float(details["beta"]),
             tau=float(details["tau"]),
             training=dict(details.get("training") or {}),
+            method=method,
+            key_targets=per_layer(KEYS_KEY) if KEYS_KEY in tensors else None,
             created=str(details.get("created", "")),
         )
     except InvalidNameError as error:

@@ -74,6 +74,17 @@ def default_templates(micro: bool, with_concept: bool) -> list[Template]:
     return [*single, *(pair if with_concept else ())]
 
 
+def make_template(text: str, where: str = "") -> Template:
+    """A user's template (kind `custom`, or `with-concept` when it holds `{other}`); `where`
+    prefixes the error for a template without `{}`."""
+    if PLACEHOLDER not in text:
+        raise PromptError(
+            f"{where}{text!r} has no '{{}}' where the concept goes "
+            "(e.g. 'a {} on a green background')."
+        )
+    return Template("with-concept" if OTHER_PLACEHOLDER in text else "custom", text)
+
+
 def read_templates(path: str | Path) -> list[Template]:
     """Templates from a text file: one per line, `{}` for the concept, `{other}` for the second
     one; blank lines and lines starting with `#` are skipped."""
@@ -82,18 +93,11 @@ def read_templates(path: str | Path) -> list[Template]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise PromptError(f"Cannot read the prompts file {path}: {error.strerror}.") from None
-    templates = []
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        if PLACEHOLDER not in text:
-            raise PromptError(
-                f"{path}:{number}: {text!r} has no '{{}}' where the concept goes "
-                "(e.g. 'a {} on a green background')."
-            )
-        kind = "with-concept" if OTHER_PLACEHOLDER in text else "custom"
-        templates.append(Template(kind, text))
+    templates = [
+        make_template(line.strip(), f"{path}:{number}: ")
+        for number, line in enumerate(lines, start=1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
     if not templates:
         raise PromptError(
             f"The prompts file {path} holds no prompts: write one per line with '{{}}'."

@@ -30,7 +30,13 @@ from perfusion_hub.evaluate.metrics import (
     summarize,
 )
 from perfusion_hub.evaluate.plot import Point, Series, save_plot
-from perfusion_hub.evaluate.prompts import Template, default_templates, read_templates, select
+from perfusion_hub.evaluate.prompts import (
+    Template,
+    default_templates,
+    make_template,
+    read_templates,
+    select,
+)
 from perfusion_hub.files import atomic_write_bytes
 
 MICRO_ARCHITECTURE = "phub-micro"
@@ -64,8 +70,9 @@ class EvalReport:
     def metrics(self) -> dict[str, Any]:
         """What the registry keeps (under `eval`): the headline at the concept's β, every β
         of the sweep, and the per-kind breakdown."""
+        headline = {k: v for k, v in self.headline.to_json().items() if k != "kind"}
         return {
-            **self.headline.to_json(),
+            **headline,
             "base": self.base,
             "judge": self.judge,
             "seeds": len({r.seed for r in self.rows}),
@@ -123,11 +130,21 @@ def _templates(prompts: str | Path | Sequence[str] | None, micro: bool,
     if isinstance(prompts, str | Path):
         chosen = read_templates(prompts)
     else:
-        chosen = [Template("with-concept" if "{other}" in t else "custom", t) for t in prompts]
+        chosen = [make_template(text) for text in prompts]
     kept = select(chosen, with_concept=other is not None)
     if not kept:
         raise PromptError("Every prompt needs a second concept ({other}): pass --with NAME.")
     return kept
+
+
+def _same_images(training: dict[str, Any], folder: Any) -> bool:
+    """Whether `folder` (an `ImageFolder`) holds the images a training run recorded: the same
+    content hash, or (when masks entered that hash) the same file names; True if unrecorded."""
+    if training.get("masks"):
+        recorded = training.get("images")
+        return recorded is None or recorded == [p.name for p in folder.paths]
+    digest = training.get("images_sha256")
+    return digest is None or digest == folder.digest
 
 
 def _make_judge(micro: bool, clip: str | Path | None, device: str) -> Any:
@@ -183,8 +200,7 @@ def evaluate_concept(
     folder = reference_folder(concept, images)
     references = read_image_folder(folder)
     notes = []
-    recorded_digest = (concept.training or {}).get("images_sha256")
-    if recorded_digest and recorded_digest != references.digest:
+    if not _same_images(concept.training or {}, references):
         notes.append(f"{folder} is not the exact image set {name!r} was trained on.")
     partner_images = None
     if partner is not None:

@@ -93,6 +93,10 @@ class PerfusionEdit:
         self._original_vocab_size = text_encoder.config.vocab_size
         self._original_processors = dict(unet.attn_processors)
         self._hook = None
+        self._forward_hooks = [
+            unet.register_forward_pre_hook(self.stack.begin_forward),
+            unet.register_forward_hook(self.stack.end_forward, always_call=True),
+        ]
         try:
             self._install_tokens()
             self._install_processors(layers)
@@ -170,6 +174,11 @@ class PerfusionEdit:
         unet = pipe.unet
         if any(unet.attn_processors[k] is not v for k, v in self._original_processors.items()):
             unet.set_attn_processor(dict(self._original_processors))
+        for processor in getattr(self, "processors", {}).values():
+            processor.clear_cache()
+        for handle in self._forward_hooks:
+            handle.remove()
+        self._forward_hooks = []
         if self._hook is not None:
             self._hook.remove()
             self._hook = None

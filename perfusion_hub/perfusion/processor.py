@@ -4,6 +4,10 @@ Keys and values of `attn2` are h_K(e) and h_V(e) of method.md §3–4 for every 
 encoding; queries, outputs and self-attention are untouched. The edited K and V depend only on
 the text encoding, so outside autograd they are computed once per encoding (and per state of
 the concepts) and reused across the denoising steps.
+
+The edit applies to every row of the batch, the unconditional half of classifier-free guidance
+included (method.md §5 open choice): the empty prompt holds no concept token, so it receives
+only the σ(−β/τ) leak, as it did in training, where every prompt passed through the edit.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ class ConceptStack:
     """The active concepts of one installation and C⁻¹, shared by all its processors.
 
     Holds the per-concept-set precomputation (`Basis`), the gate parameters and the gates
-    recorded on the last fresh evaluation.
+    recorded on the last fresh evaluation. Between `begin_forward` and `end_forward` (hooks
+    on the UNet) the concepts cannot change, so their signature and resolved gate parameters
+    are computed once per UNet call instead of once per layer.
     """
 
     def __init__(self, states: Sequence[ConceptState], inverse_covariance: torch.Tensor,
@@ -37,9 +43,17 @@ class ConceptStack:
         self.record_gates = record_gates
         self.recorded: dict[str, torch.Tensor] = {}
         self._basis: tuple[tuple, Basis] | None = None
+        self._memo: dict[Any, Any] | None = None
+        self._last_signature: tuple = ()
 
     def __len__(self) -> int:
         return len(self.states)
+
+    def begin_forward(self, *_: Any) -> None:
+        self._memo = {}
+
+    def end_forward(self, *_: Any) -> None:
+        self._memo = None
 
     def basis(self) -> Basis:
         """C⁻¹ I, Iᵀ C⁻¹ I and the energies, rebuilt when any i* changes."""
@@ -52,7 +66,15 @@ class ConceptStack:
 
     def gate_parameters(self, betas: Overrides, taus: Overrides) -> tuple[tuple[float, ...], ...]:
         """(β_n, τ_n) per concept after per-call overrides (by concept name or by position)."""
-        return (self._resolve(betas, "beta"), self._resolve(taus, "tau"))
+        memo = self._memo
+        if memo is not None:
+            found = memo.get(("gates", id(betas), id(taus)))
+            if found is not None:
+                return found[2]
+        resolved = (self._resolve(betas, "beta"), self._resolve(taus, "tau"))
+        if memo is not None:  # the overrides are kept alive so that their ids stay theirs
+            memo[("gates", id(betas), id(taus))] = (betas, taus, resolved)
+        return resolved
 
     def _resolve(self, override: Overrides, field: str) -> tuple[float, ...]:
         defaults = [getattr(s, field) for s in self.states]
@@ -74,8 +96,26 @@ class ConceptStack:
     def requires_grad(self, layer_name: str) -> bool:
         return any(s.value_target(layer_name).requires_grad for s in self.states)
 
-    def signature(self, layer_name: str) -> tuple:
-        return tuple(s.tensor_versions(layer_name) for s in self.states)
+    def signature(self) -> tuple:
+        """Identity and in-place version of every tensor the edit reads, all layers together.
+
+        Equal signatures are returned as the same object, so that comparing them is cheap.
+        """
+        memo = self._memo
+        if memo is not None and "signature" in memo:
+            return memo["signature"]
+        signature = tuple(
+            (id(tensor), _version(tensor))
+            for state in self.states
+            for tensor in (state.target_input, state.superclass_input,
+                           *state.value_targets.values())
+        )
+        if signature == self._last_signature:
+            signature = self._last_signature
+        self._last_signature = signature
+        if memo is not None:
+            memo["signature"] = signature
+        return signature
 
 
 class PerfusionAttnProcessor:
@@ -85,7 +125,8 @@ class PerfusionAttnProcessor:
         key_encoder_hidden_states  encoding the key path reads (global locking: the prompt with
                                    concept words replaced by superclass words, unconditional
                                    rows unchanged); default: the prompt's own encoding
-        perfusion_scale            h = W e + scale · (edit); 0 gives the stock layer
+        perfusion_scale            h = W e + scale · (h(e) − W e); 1 is the method, 0 the stock
+                                   layer
         concept_betas/concept_taus β_n/τ_n overrides, by concept name or one per concept
         perfusion_enabled          False: stock keys and values
     """
@@ -94,6 +135,10 @@ class PerfusionAttnProcessor:
         self.layer_name = layer_name
         self.stack = stack
         self._cache: dict[str, Any] | None = None
+
+    def clear_cache(self) -> None:
+        """Forget the cached keys and values."""
+        self._cache = None
 
     def __call__(
         self,
@@ -134,7 +179,7 @@ class PerfusionAttnProcessor:
         signature = (
             _identity(text), _identity(key_text), active, float(scale),
             self.stack.gate_parameters(betas, taus) if active else None,
-            self.stack.signature(self.layer_name) if active else None,
+            self.stack.signature() if active else None,
             _identity(attn.to_k.weight), _identity(attn.to_v.weight),
         )
         cache = self._cache

@@ -84,12 +84,6 @@ class ConceptState(nn.Module):
         self.value_target(layer_name)
         return (to_k_weight.detach().float() @ self.superclass_input.float()).detach()
 
-    def tensor_versions(self, layer_name: str) -> tuple[int, ...]:
-        """In-place version counters of what one layer's edit reads (for cache invalidation)."""
-        value = self.value_targets[parameter_key(layer_name)]
-        return (self.target_input._version, self.superclass_input._version, value._version,
-                id(self.target_input), id(value))
-
     @classmethod
     def from_concept(cls, concept: Concept) -> ConceptState:
         """The torch form of a stored concept (tensors converted to float32)."""
@@ -108,13 +102,14 @@ class ConceptState(nn.Module):
         v* = the given (superclass) word embedding. Gate defaults are the inference ones."""
         from perfusion_hub.bases.layers import cross_attention_layers
 
-        superclass_input = _vector(superclass_input)
+        device = next(unet.parameters()).device
+        superclass_input = _vector(superclass_input).to(device)
         values = {}
         for layer in cross_attention_layers(unet):
             weight = unet.get_submodule(layer.name).to_v.weight.detach()
-            values[layer.name] = weight.float().cpu() @ superclass_input
-        return cls(name, superclass, superclass_token_id, word_embedding, superclass_input.clone(),
-                   superclass_input, values, lock=lock)
+            values[layer.name] = weight.float() @ superclass_input
+        return cls(name, superclass, superclass_token_id, _vector(word_embedding).to(device),
+                   superclass_input.clone(), superclass_input, values, lock=lock)
 
     def to_concept(self, base: BaseFingerprint, covariance_hash: str,
                    training: dict[str, Any]) -> Concept:

@@ -22,6 +22,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from perfusion_hub.errors import RegistryError
+
 #: Revision id of the newest migration in `migrations/versions/` (a test keeps them equal).
 HEAD_REVISION = "0001_initial"
 #: Execution option that marks a connection as a writer (`BEGIN IMMEDIATE` on SQLite).
@@ -133,10 +135,10 @@ def upgrade(engine: Engine, url: str, backups_dir: Path, lock_path: Path | None,
 
 def run_migrations(engine: Engine, url: str, direction: str, target: str,
                    script_location: str | None = None) -> None:
-    """Run Alembic `upgrade`/`downgrade` to `target` on one connection of `engine`.
+    """Run Alembic `upgrade`/`downgrade` to `target` in one transaction on `engine`.
 
     On SQLite, foreign keys are switched off during the migration (batch mode recreates
-    tables) and checked afterwards."""
+    tables) and checked before the commit: a migration that breaks them changes nothing."""
     from alembic import command
 
     config = alembic_config(url, script_location)
@@ -144,16 +146,18 @@ def run_migrations(engine: Engine, url: str, direction: str, target: str,
     with writer(engine).connect() as connection:
         raw = connection.connection.dbapi_connection
         if sqlite:
-            raw.execute("PRAGMA foreign_keys = OFF")
+            raw.execute("PRAGMA foreign_keys = OFF")  # only possible outside a transaction
         try:
-            config.attributes["connection"] = connection
-            getattr(command, direction)(config, target)
-            connection.commit()
-            if sqlite:
-                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                connection.rollback()
+            with connection.begin():
+                config.attributes["connection"] = connection
+                getattr(command, direction)(config, target)
+                broken = (connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                          if sqlite else [])
                 if broken:
-                    raise RuntimeError(f"migration left broken foreign keys: {broken[:5]}")
+                    raise RegistryError(
+                        f"Migrating the registry to {target!r} would break foreign keys "
+                        f"({broken[:3]}); nothing was changed. Please report this."
+                    )
         finally:
             if sqlite:
                 raw.execute("PRAGMA foreign_keys = ON")

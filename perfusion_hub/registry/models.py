@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -37,6 +38,25 @@ NAMING = {
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and read back timezone-aware on every database (SQLite
+    itself keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(dt.timezone.utc)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None,
+                             dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -59,7 +79,7 @@ class BaseRow(Base):
     weights_hash: Mapped[str] = mapped_column(HASH)
     covariance_hash: Mapped[str | None] = mapped_column(HASH, nullable=True)
     covariance_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ConceptRow(Base):
@@ -85,8 +105,8 @@ class ConceptRow(Base):
     training: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow,
                                                  onupdate=utcnow)
 
 
@@ -101,5 +121,5 @@ class RenderRow(Base):
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     output_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow,
                                                  index=True)

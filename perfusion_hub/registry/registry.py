@@ -9,7 +9,6 @@ so an interrupted import leaves neither an orphan row nor an orphan file.
 from __future__ import annotations
 
 import builtins
-import datetime as dt
 import difflib
 import hashlib
 import json
@@ -160,7 +159,7 @@ class Registry:
         return [
             ConceptRecord(id, name, token, superclass_, lock, base_name, content_hash,
                           root / file_path, size, beta, tau, training or {}, metrics or {},
-                          list(tags or []), _aware(created), _aware(updated))
+                          list(tags or []), created, updated)
             for (id, name, token, superclass_, lock, content_hash, file_path, size, beta, tau,
                  training, metrics, tags, created, updated, base_name) in rows
         ]
@@ -545,7 +544,7 @@ class Registry:
             base_name=base_name, content_hash=row.content_hash,
             path=self.store.path(row.file_path), size=row.size, beta=row.beta, tau=row.tau,
             training=row.training or {}, metrics=row.metrics or {}, tags=list(row.tags or []),
-            created=_aware(row.created), updated=_aware(row.updated),
+            created=row.created, updated=row.updated,
         )
 
     def _base_record(self, row: BaseRow) -> BaseRecord:
@@ -553,7 +552,7 @@ class Registry:
             id=row.id, name=row.name, source=row.source, architecture=row.architecture,
             fingerprint=self._fingerprint(row), covariance_hash=row.covariance_hash,
             covariance_path=self._resolved_path(row.covariance_path),
-            created=_aware(row.created),
+            created=row.created,
         )
 
     def _render_record(self, row: RenderRow) -> RenderRecord:
@@ -561,7 +560,7 @@ class Registry:
             id=row.id, prompt=row.prompt, concepts=builtins.list(row.concepts or []),
             seed=row.seed, parameters=row.parameters or {},
             output_path=Path(row.output_path) if row.output_path else None,
-            created=_aware(row.created),
+            created=row.created,
         )
 
     @staticmethod
@@ -585,13 +584,14 @@ class Registry:
 
 
 def _free_base_name(fingerprint: BaseFingerprint, taken: set[str]) -> str:
-    """A name for an automatically registered base: its source as a slug (the last path
-    component for local paths), else the architecture; the weights hash prefix if taken."""
+    """A name for an automatically registered base: its source as a slug (the file or folder
+    name for local paths), else the architecture and weights hash prefix; the prefix is
+    appended when the name is taken."""
     source = fingerprint.source
+    suffix = fingerprint.weights_hash[:8].lower()
     if source.startswith(("/", "~", ".")) or "\\" in source or ":" in source:
         source = Path(source).stem
-    stem = slugify(source) or slugify(fingerprint.architecture) or "base"
-    suffix = fingerprint.weights_hash[:8].lower()
+    stem = slugify(source) or slugify(f"{fingerprint.architecture}-{suffix}") or f"base-{suffix}"
     candidates = [stem, f"{stem[:55]}-{suffix}"]
     candidates += [f"{stem[:50]}-{suffix}-{n}" for n in range(2, 1000)]
     for candidate in candidates:
@@ -599,8 +599,3 @@ def _free_base_name(fingerprint: BaseFingerprint, taken: set[str]) -> str:
         if candidate and candidate not in taken:
             return candidate
     raise RegistryError("No free name for a new base; register it with `phub base add`.")
-
-
-def _aware(moment: dt.datetime) -> dt.datetime:
-    """Datetimes come back naive from SQLite; they are stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)

@@ -5,6 +5,9 @@ Per optimiser step (effective batch B = batch_size × grad_accum):
     i* ← 0.99 · i* + 0.01 · mean_b enc(prompt_b)[concept position]      (before use)
     loss = mean ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, enc(prompt))‖²  (× soft mask weight)
     AdamW on {v* (lr 0.006), o*_V (lr 0.03)}, the gated edit (β 0.75, τ 0.10) installed.
+Mixed precision: the frozen base runs in the dtype it was loaded in (bf16 on CUDA, fp16 with a
+gradient scaler where bf16 is missing), while v*, o*_V, i*, the loss and the edit's similarities
+stay float32. (No autocast: it would run the edit's fp32 similarities in half precision.)
 The base's token embedding matrix is never written: `apply` gives the text encoder a longer
 copy whose concept row reads v* live (a forward hook), so the gradient reaches v* alone. With
 global locking the key path reads the prompt with the superclass word in the token's place.
@@ -99,7 +102,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
     device = pipe.unet.device
     for module in (pipe.text_encoder, pipe.unet, pipe.vae):
         module.requires_grad_(False).eval()
-    amp_dtype = pipe.unet.dtype if device.type == "cuda" else None
+    half = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
     resolution = options.resolution or int(loaded.resolution)
     templates = training_templates(loaded.train_templates)
     superclass_id = superclass_token_id(pipe.tokenizer, superclass)
@@ -140,9 +143,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
         losses = list(checkpoint.record.get("losses", []))
         elapsed_before = float(checkpoint.record.get("seconds", 0.0))
         reporter.message(f"Resuming from step {completed} ({folder}).")
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else (
-        contextlib.nullcontext)
+    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
     resumed_from = completed
 
     def save() -> Path:
@@ -163,7 +164,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
                 rollback = (generator.get_state(), state.target_input.detach().clone())
                 try:
                     loss = _step(state, text, pipe.unet, data, scheduler, optimizer, scaler,
-                                 autocast, templates, token_id, options, generator)
+                                 templates, token_id, options, generator)
                 except BaseException:
                     generator.set_state(rollback[0])
                     with torch.no_grad():
@@ -201,12 +202,12 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
             reporter.stop()
     return LoopResult(state.cpu(), templates, resolution, losses,
                       elapsed_before + time.perf_counter() - started, resumed_from,
-                      str(amp_dtype or torch.float32).removeprefix("torch."), device.type)
+                      str(half or torch.float32).removeprefix("torch."), device.type)
 
 
 def _step(state: ConceptState, text: _TextEncoder, unet: nn.Module, data: _Latents,
           scheduler: Any, optimizer: torch.optim.Optimizer, scaler: Any,
-          autocast: Callable[[], Any], templates: tuple[str, ...], token_id: int,
+          templates: tuple[str, ...], token_id: int,
           options: TrainOptions, generator: torch.Generator) -> float:
     """One optimiser step's forward/backward passes; returns the mean loss (grads are set)."""
     size = options.batch_size * options.grad_accum
@@ -215,7 +216,7 @@ def _step(state: ConceptState, text: _TextEncoder, unet: nn.Module, data: _Laten
     prompts = [fill(templates[i], state.token) for i in batch["template"].tolist()]
     ids = tokenize(text.tokenizer, prompts)
     positions = token_positions(ids, token_id, prompts)
-    with torch.no_grad(), autocast():
+    with torch.no_grad():
         concept = text.concept_rows(ids, positions).mean(0)
     state.target_input.mul_(EMA_DECAY).add_(concept, alpha=1 - EMA_DECAY)  # i* EMA, before use
     key_ids = None
@@ -226,15 +227,14 @@ def _step(state: ConceptState, text: _TextEncoder, unet: nn.Module, data: _Laten
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for part in torch.arange(size).split(options.batch_size):
-        with autocast():
-            extra = None
-            if key_ids is not None:
-                with torch.no_grad():
-                    extra = {"key_encoder_hidden_states": text(key_ids[part])}
-            encoding = text(ids[part])
-            noisy, target, timesteps, weight = data.noisy(batch, part, scheduler)
-            prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=encoding,
-                              cross_attention_kwargs=extra).sample
+        extra = None
+        if key_ids is not None:
+            with torch.no_grad():
+                extra = {"key_encoder_hidden_states": text(key_ids[part])}
+        encoding = text(ids[part])
+        noisy, target, timesteps, weight = data.noisy(batch, part, scheduler)
+        prediction = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=encoding,
+                          cross_attention_kwargs=extra).sample
         error = (prediction.float() - target.float()).square()
         loss = (error * weight).mean() if weight is not None else error.mean()
         scaled = loss / options.grad_accum

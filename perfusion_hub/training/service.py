@@ -91,6 +91,10 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
     }
     concept = result.state.to_concept(loaded.fingerprint, loaded.covariance_hash, training)
     record = hub.registry.add(concept, replace=force)
+    if record.name != name:  # the registry keeps one row per content hash
+        reporter.message(f"[yellow]The trained tensors are identical to concept "
+                         f"{record.name!r}[/] (same images, seed and options), which stays "
+                         "registered under that name.")
     remove_checkpoint(checkpoints)
     final = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     return TrainResult(record, concept, result.seconds, final, checkpoints, folder.skipped)

@@ -10,6 +10,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from perfusion_hub.errors import PhubError
+from perfusion_hub.micro.assets import (
+    install_assets,
+    load_checker,
+    load_micro_clip,
+    micro_pipeline_path,
+)
 from perfusion_hub.micro.checker import Checker
 from perfusion_hub.micro.recipe import STAGES, train_base
 
@@ -60,3 +66,14 @@ def test_unet_needs_clip_and_vae(tmp_path: Path) -> None:
         train_base(tmp_path, stages=("unet",), steps={"unet": 1}, tiny=True, show=False)
     with pytest.raises(PhubError, match="unknown"):
         train_base(tmp_path, stages=("gan",), tiny=True, show=False)
+
+
+def test_install_assets_make_a_loadable_bundle(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = tiny_run
+    sizes = install_assets(out, dest=tmp_path)
+    assert set(sizes) == {"pipeline", "clip", "checker"}
+    assert micro_pipeline_path(tmp_path).name == "pipeline"
+    model, tok = load_micro_clip(assets=tmp_path)
+    assert model.dtype == torch.float32 and tok.model_max_length == 32
+    assert load_checker(assets=tmp_path).read(torch.zeros(2, 3, 64, 64))[1].background
+    assert json.loads((tmp_path / "training_report.json").read_text())["unet"]["steps"] == 2
