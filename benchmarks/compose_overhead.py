@@ -6,16 +6,17 @@
 
 Each configuration (stock processors; Perfusion with 0, 1, 4, 16 concepts) runs the same loop:
 a fixed [unconditional; conditional] text encoding, classifier-free guidance (batch 2), the
-scheduler's steps. Configurations are interleaved round by round, so that they share the
-machine's state, and each reports its median and fastest loop time. On the CPU the clock is
-the main thread's CPU time with torch on one thread (`--clock wall` for wall time), so that
-other processes on a shared machine do not enter the measurement. Weights and concepts are
-random: the cost does not depend on their values.
+scheduler's steps. Configurations are interleaved round by round, in a shuffled order, so
+that they share the machine's state, and each reports its median and fastest loop time. On
+the CPU the clock is the main thread's CPU time with torch on one thread (`--clock wall` for
+wall time), so that other processes on a shared machine do not enter the measurement.
+Weights and concepts are random: the cost does not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from types import SimpleNamespace
@@ -123,8 +124,9 @@ def main() -> None:
     configurations: list[tuple[str, list[ConceptState] | None]] = [("stock", None)]
     configurations += [(f"{n} concepts", states[:n]) for n in COUNTS]
     times: dict[str, list[float]] = {label: [] for label, _ in configurations}
+    order = random.Random(0)
     for round_index in range(args.rounds + 1):  # round 0 warms up
-        for label, chosen in configurations:
+        for label, chosen in order.sample(configurations, len(configurations)):
             if chosen is None:
                 elapsed = denoise(pipe, text, steps, 7.5, clock)
             else:

@@ -11,7 +11,12 @@ import typer
 from rich.table import Table
 
 from cli.common import console, err_console, hub, print_json
-from perfusion_hub.evaluate.demo import DEFAULT_EVAL_SEEDS, DEFAULT_RENDERS, DEFAULT_STEPS
+from perfusion_hub.evaluate.demo import (
+    DEFAULT_EVAL_SEEDS,
+    DEFAULT_RENDERS,
+    DEFAULT_SAMPLE_STEPS,
+    DEFAULT_STEPS,
+)
 from perfusion_hub.evaluate.run import DEFAULT_SEEDS
 
 
@@ -147,6 +152,9 @@ def demo_command(
         "--renders", help="Images of the composed prompt (seeds 0..N-1).")] = DEFAULT_RENDERS,
     eval_seeds: Annotated[int, typer.Option(
         "--eval-seeds", help="Seeds per evaluation prompt.")] = DEFAULT_EVAL_SEEDS,
+    sample_steps: Annotated[int | None, typer.Option(
+        "--sample-steps", help="Denoising steps per render (default: the base's).")
+    ] = DEFAULT_SAMPLE_STEPS,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output folder (default: <home>/demo).")] = None,
     device: Annotated[str | None, typer.Option(
@@ -163,8 +171,9 @@ def demo_command(
 
     reporter = SilentReporter() if as_json else RichReporter(err_console)
     with _progress(not as_json, "eval") as progress:
-        report = hub(ctx).demo(steps=steps, renders=renders, eval_seeds=eval_seeds, out=out,
-                               device=device, say=say, reporter=reporter, progress=progress)
+        report = hub(ctx).demo(steps=steps, renders=renders, eval_seeds=eval_seeds,
+                               sample_steps=sample_steps, out=out, device=device, say=say,
+                               reporter=reporter, progress=progress)
     if as_json:
         print_json(report.to_json())
         return

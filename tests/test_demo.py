@@ -41,7 +41,8 @@ def test_instance_data_has_images_and_matching_masks(tmp_path: Path) -> None:
 def test_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     result = CliRunner().invoke(app, ["--home", str(home), "demo", "--steps", "2", "--renders",
-                                      "2", "--eval-seeds", "1", "--out", str(out), "--json"])
+                                      "2", "--eval-seeds", "1", "--sample-steps", "8", "--out",
+                                      str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for name in ("my-cat", "my-chair"):
@@ -60,7 +61,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
     assert "eval" in hub.get("my-cat").metrics
     first_hash = hub.get("my-cat").content_hash
 
-    again = hub.demo(out=out, steps=1, renders=1, eval_seeds=1)
+    again = hub.demo(out=out, steps=1, renders=1, eval_seeds=1, sample_steps=4)
     assert len(again.renders) == 1 and again.evaluation.rows
     assert {r.name for r in hub.list()} == {"my-cat", "my-chair"}
     assert hub.get("my-cat").content_hash != first_hash

@@ -151,3 +151,10 @@ def test_low_precision_inputs_keep_similarities_in_fp32(dtype):
     scale = full.abs().max()
     tolerance = {torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
     assert (low.float() - full).abs().max() / scale < tolerance
+
+
+def test_dependent_inputs_still_project_onto_their_span():
+    inv, inputs, weight, outputs, e = setup(2)
+    doubled = torch.cat([inputs, inputs[:1] * 2.0])
+    assert torch.allclose(projection(e, doubled, inv).double(),
+                          closed_form_projection(e, inputs, inv), atol=1e-4, rtol=1e-4)

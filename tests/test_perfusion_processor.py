@@ -223,3 +223,24 @@ def test_word_encoding_helper_reads_the_right_position(pipe):
     a = word_encoding(pipe, "a photo of a cat", "cat")
     b = encode(pipe, ["a photo of a cat"])[0, 5]
     assert torch.equal(a, b)
+
+
+def test_keyword_arguments_reach_every_layer_without_warnings(pipe, inv, concepts, caplog):
+    import logging
+
+    text = encode(pipe, ["a photo of a cat"])
+    with caplog.at_level(logging.WARNING), apply(pipe, concepts[:1], inv):
+        unet(pipe, text, perfusion_scale=0.5, concept_betas=[0.6], perfusion_enabled=True)
+    assert not [r for r in caplog.records if "cross_attention_kwargs" in r.getMessage()]
+
+
+def test_changes_between_unet_calls_are_seen_by_direct_calls(pipe, inv, concepts):
+    with apply(pipe, concepts[:1], inv) as edit:
+        name, module = attn2(pipe)[0]
+        text = encode(pipe, ["a photo of a cat"])
+        unet(pipe, text)
+        before = edit.processors[name].key_value(module, text, None, 1.0, None, None, True)[1]
+        with torch.no_grad():
+            edit.states[0].value_target(name).add_(1.0)
+        after = edit.processors[name].key_value(module, text, None, 1.0, None, None, True)[1]
+    assert not torch.allclose(before, after)

@@ -98,6 +98,11 @@ def test_only_word_embedding_and_value_targets_change(images, tmp_path):
         # keys locked: o*_K = W_K ī_super, recomputed from the untouched ī_super
         key = state.key_target(layer.name, attn.to_k.weight)
         assert torch.equal(key, attn.to_k.weight.detach().float() @ state.superclass_input)
+    # ī_super (hence every o*_K) is fixed before step 1: a 1-step run of the same seed has it
+    one_step = run(tiny_base(), images, tmp_path / "one", steps=1).state
+    assert torch.equal(one_step.superclass_input, state.superclass_input)
+    assert {name for name, _ in state.named_parameters()} == {
+        "word_embedding", *(f"value_targets.{key}" for key in state.value_targets)}
     # i* is the EMA: moved from ī_super, but only a little after 3 steps of 0.01
     drift = (state.target_input - state.superclass_input).norm() / state.superclass_input.norm()
     assert 0 < drift < 0.1

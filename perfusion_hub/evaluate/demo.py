@@ -24,6 +24,7 @@ DEFAULT_STEPS = 200
 DEFAULT_IMAGES = 6
 DEFAULT_RENDERS = 4
 DEFAULT_EVAL_SEEDS = 2
+DEFAULT_SAMPLE_STEPS: int | None = None
 TRAIN_BATCH = 4
 
 
@@ -94,13 +95,15 @@ def run_demo(
     images: int = DEFAULT_IMAGES,
     renders: int = DEFAULT_RENDERS,
     eval_seeds: int = DEFAULT_EVAL_SEEDS,
+    sample_steps: int | None = DEFAULT_SAMPLE_STEPS,
     device: str | None = None,
     say: Callable[[str], None] = lambda text: None,
     reporter: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoReport:
-    """Run the demo into `out` (default: `<home>/demo`); `say` receives one line per stage,
-    `reporter` the training progress, `progress` the evaluation's (done, total)."""
+    """Run the demo into `out` (default: `<home>/demo`). `steps` trains each concept,
+    `sample_steps` denoises each render (None: the base's default); `say` receives one line
+    per stage, `reporter` the training progress, `progress` the evaluation's (done, total)."""
     from perfusion_hub.compose.outputs import ensure_writable_dir
     from perfusion_hub.compose.sheet import contact_sheet
     from perfusion_hub.evaluate.run import evaluate_concept
@@ -124,8 +127,8 @@ def run_demo(
 
     started = time.monotonic()
     say(f"Composing {DEMO_PROMPT!r} with seeds 0-{renders - 1}...")
-    made = hub.compose(DEMO_PROMPT, seed=0, num_images=renders, device=device,
-                       out=out_dir / "renders" / "my-cat-on-my-chair.png")
+    made = hub.compose(DEMO_PROMPT, seed=0, num_images=renders, steps=sample_steps,
+                       device=device, out=out_dir / "renders" / "my-cat-on-my-chair.png")
     rendered = [Path(p) for p in made.paths]
     sheet = _sheet(out_dir / "contact-sheet.png", trained, made, contact_sheet)
     seconds["compose"] = time.monotonic() - started
@@ -133,7 +136,8 @@ def run_demo(
     started = time.monotonic()
     say(f"Evaluating <my-cat> alone and with <my-chair>, {eval_seeds} seeds per prompt...")
     evaluation = evaluate_concept(hub, "my-cat", other="my-chair", seeds=eval_seeds,
-                                  out=out_dir / "eval", device=device, progress=progress)
+                                  steps=sample_steps, out=out_dir / "eval", device=device,
+                                  progress=progress)
     seconds["eval"] = time.monotonic() - started
     return DemoReport(out_dir, trained, rendered, sheet, evaluation, seconds)
 

@@ -32,6 +32,7 @@ from perfusion_hub.micro.world import (
 
 _LAZY = {
     "build_tokenizer": "perfusion_hub.micro.tokenizer",
+    "as_pixels": "perfusion_hub.micro.training",
     "Checker": "perfusion_hub.micro.checker",
     "ObjectReading": "perfusion_hub.micro.checker",
     "SceneReading": "perfusion_hub.micro.checker",

@@ -14,7 +14,8 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from perfusion_hub.errors import PhubError
 from perfusion_hub.micro import models
-from perfusion_hub.micro.checker import Checker, as_pixels
+from perfusion_hub.micro.checker import Checker
+from perfusion_hub.micro.training import as_pixels
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from perfusion_hub.micro.training import Budget, autocast, run_loop, warmup_cosine
+from perfusion_hub.micro.training import Budget, as_pixels, autocast, run_loop, warmup_cosine
 from perfusion_hub.micro.world import (
     CATEGORIES,
     COLOUR_NAMES,
@@ -167,18 +167,6 @@ class Checker(nn.Module):
         }
         model.load_state_dict(state)
         return model.eval()
-
-
-def as_pixels(
-    images: np.ndarray | torch.Tensor | Sequence[Image.Image], device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Any batch of 64×64 RGB images → float (B, 3, 64, 64) in [-1, 1]."""
-    if isinstance(images, torch.Tensor):
-        return images.to(device).float()
-    if not isinstance(images, np.ndarray):
-        images = np.stack([np.asarray(im.convert("RGB")) for im in images])
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _decode(out: dict[str, np.ndarray], i: int) -> SceneReading:

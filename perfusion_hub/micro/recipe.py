@@ -13,18 +13,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from rich.progress import track
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from perfusion_hub.errors import PhubError
 from perfusion_hub.micro import models
 from perfusion_hub.micro.tokenizer import build_tokenizer, tokenize
-from perfusion_hub.micro.training import Budget, autocast, pick_device, run_loop, warmup_cosine
+from perfusion_hub.micro.training import (
+    Budget,
+    as_pixels,
+    autocast,
+    pick_device,
+    run_loop,
+    warmup_cosine,
+)
 from perfusion_hub.micro.world import caption, random_scene, render
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "checker")
-DEFAULT_MINUTES: dict[str, float] = {"clip": 4.0, "vae": 8.0, "unet": 60.0, "checker": 3.0}
+DEFAULT_MINUTES: dict[str, float] = {"clip": 6.0, "vae": 19.0, "unet": 82.0, "checker": 5.0}
 P_EMPTY = 0.1
 FOREGROUND_WEIGHT = 4.0
 CAPTION_DROP = 0.3
@@ -47,12 +55,6 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
 
 class StageError(PhubError):
     """A stage that cannot run because an earlier stage has not produced its output."""
-
-
-def pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (B, H, W, 3) → float (B, 3, H, W) in [-1, 1], the micro models' input convention."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _scenes(rng: np.random.Generator, n: int, seed: int) -> tuple[list, np.ndarray]:
@@ -94,7 +96,7 @@ def train_clip(
             tokenize(tok, [caption(s, rng, p_drop=CAPTION_DROP) for s in specs]), device=device
         )
         with autocast(device):
-            loss = model(input_ids=ids, pixel_values=pixels(imgs, device), return_loss=True).loss
+            loss = model(input_ids=ids, pixel_values=as_pixels(imgs, device), return_loss=True).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -130,7 +132,7 @@ def clip_retrieval(
     model.eval()
     t = F.normalize(models.pooled(model.get_text_features(input_ids=ids)), dim=-1)
     v = F.normalize(
-        models.pooled(model.get_image_features(pixel_values=pixels(imgs, device))), dim=-1
+        models.pooled(model.get_image_features(pixel_values=as_pixels(imgs, device))), dim=-1
     )
     model.train()
     return float(((t @ v.T).argmax(-1) == torch.arange(n, device=device)).float().mean())
@@ -160,7 +162,7 @@ def train_vae(
     def step(i: int) -> float:
         rng = np.random.default_rng([seed, 2, i])
         imgs, masks = render([random_scene(rng) for _ in range(batch)], int(rng.integers(1 << 31)))
-        x = pixels(imgs, device)
+        x = as_pixels(imgs, device)
         fg = torch.from_numpy(masks.any(1)).to(device)[:, None].float()
         weight = (1 + FOREGROUND_WEIGHT * fg) / (1 + FOREGROUND_WEIGHT * fg).mean()
         with autocast(device):
@@ -200,7 +202,7 @@ def _vae_stats(vae: AutoencoderKL, n: int, seed: int, device: torch.device) -> t
     """(1 / std of latents, reconstruction PSNR in dB) on `n` fresh scenes."""
     vae.eval()
     _, imgs = _scenes(np.random.default_rng(seed), n, seed)
-    x = pixels(imgs, device)
+    x = as_pixels(imgs, device)
     z = vae.encode(x).latent_dist.mean
     rec = vae.decode(z).sample.clamp(-1, 1)
     vae.train()
@@ -237,12 +239,10 @@ def _latent_pool(
     rng = np.random.default_rng([seed, 3])
     lat, ids = [], []
     chunk = 256
-    from rich.progress import track
-
     for start in track(range(0, n, chunk), description="latents", disable=not show):
         specs, imgs = _scenes(rng, min(chunk, n - start), seed=int(rng.integers(1 << 31)))
         with autocast(device):
-            z = vae.encode(pixels(imgs, device)).latent_dist.mean.float()
+            z = vae.encode(as_pixels(imgs, device)).latent_dist.mean.float()
         lat.append((z * vae.config.scaling_factor).half().cpu())
         caps = [caption(s, rng, p_drop=CAPTION_DROP) for s in specs for _ in range(variants)]
         ids.append(torch.tensor(tokenize(tok, caps)).view(len(specs), variants, -1))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -38,6 +40,19 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on both CPU and CUDA (the micro models train well in it)."""
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def as_pixels(
+    images: np.ndarray | torch.Tensor | Sequence[Image.Image], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """64×64 RGB images (uint8 HWC array, PIL list, or a tensor already in [-1, 1]) → float
+    (B, 3, H, W) in [-1, 1], the input convention of every micro model."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device).float()
+    if not isinstance(images, np.ndarray):
+        images = np.stack([np.asarray(im.convert("RGB")) for im in images])
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def warmup_cosine(

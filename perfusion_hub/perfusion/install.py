@@ -14,7 +14,6 @@ processor objects.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -209,7 +208,7 @@ class PerfusionEdit:
         superclass words (method.md §3, global locking)."""
         for state in self.states:
             if state.lock == "global":
-                prompt = re.sub(re.escape(state.token), state.superclass, prompt)
+                prompt = prompt.replace(state.token, state.superclass)
         return prompt
 
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:

@@ -44,26 +44,30 @@ def edited_projection(e: Tensor, weight: Tensor, target_inputs: Tensor, output_t
 
 @dataclass(frozen=True)
 class Basis:
-    """Per-concept-set precomputation shared by every layer (all float32).
+    """Per-concept-set precomputation shared by every layer (float32; built in float64).
 
-    inputs     I (N, d)
-    whitened   C⁻¹ I as rows (N, d)
-    energy     i*_nᵀ C⁻¹ i*_n (N)
-    gram       Iᵀ C⁻¹ I (N, N), symmetric positive definite for independent i*_n
+    inputs        I (N, d)
+    whitened      C⁻¹ I as rows (N, d)
+    energy        i*_nᵀ C⁻¹ i*_n (N)
+    gram_inverse  (Iᵀ C⁻¹ I)⁻¹ (N, N), the N × N system of the projection solved once; a
+                  pseudo-inverse, so that linearly dependent i*_n still give the projection
+                  onto their span
     """
 
     inputs: Tensor
     whitened: Tensor
     energy: Tensor
-    gram: Tensor
+    gram_inverse: Tensor
 
     @classmethod
     def build(cls, target_inputs: Tensor, inv_cov: Tensor) -> Basis:
-        inputs = target_inputs.float().reshape(-1, target_inputs.shape[-1])
-        whitened = inputs @ inv_cov.float()  # C⁻¹ is symmetric: (C⁻¹ i)ᵀ = iᵀ C⁻¹
+        inputs = target_inputs.detach().double().reshape(-1, target_inputs.shape[-1])
+        whitened = inputs @ inv_cov.detach().double()  # C⁻¹ is symmetric: (C⁻¹ i)ᵀ = iᵀ C⁻¹
         gram = whitened @ inputs.T
         gram = (gram + gram.T) / 2
-        return cls(inputs, whitened, torch.diagonal(gram).clone(), gram)
+        gram_inverse = torch.linalg.pinv(gram, hermitian=True)
+        return cls(inputs.float(), whitened.float(), torch.diagonal(gram).float(),
+                   gram_inverse.float())
 
     def dots(self, e: Tensor) -> Tensor:
         """eᵀ C⁻¹ i*_n for every n: (..., N) fp32."""
@@ -74,10 +78,8 @@ class Basis:
         return (self.dots(e) if dots is None else dots) / self.energy
 
     def coefficients(self, e: Tensor, dots: Tensor | None = None) -> Tensor:
-        """c(e) = (Iᵀ C⁻¹ I)⁻¹ Iᵀ C⁻¹ e so that P(e) = I c(e): (..., N) fp32, via an N × N solve."""
-        dots = self.dots(e) if dots is None else dots
-        flat = dots.reshape(-1, dots.shape[-1]).T
-        return torch.linalg.solve(self.gram, flat).T.reshape(dots.shape)
+        """c(e) = (Iᵀ C⁻¹ I)⁻¹ Iᵀ C⁻¹ e so that P(e) = I c(e): (..., N) fp32."""
+        return (self.dots(e) if dots is None else dots) @ self.gram_inverse
 
     def mapped_inputs(self, weight: Tensor) -> Tensor:
         """W I as rows (N, d_out) fp32: the layer's image of every i*_n."""

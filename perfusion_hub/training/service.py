@@ -6,6 +6,7 @@ the base, the name (already registered for that base unless `force`), the superc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ class TrainResult:
 def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
                   base: str | None = None, masks: str | Path | None = None, force: bool = False,
                   resume: bool = False, reporter: Reporter | None = None,
-                  on_step: Any = None, **options: Any) -> TrainResult:
+                  on_step: Callable[[int, float], None] | None = None,
+                  **options: Any) -> TrainResult:
     """Train concept `name` (token `<name>`) on the images in `images` and register it.
 
     `options` are the fields of `TrainOptions`. Raises `TrainingInterrupted` (a
@@ -63,6 +65,7 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
                      f"{len(folder)} images, {settings.steps} steps on {device.type}.")
     result = train_loop(loaded, folder, name=name, superclass=superclass, options=settings,
                         folder=checkpoints, resume=resume, reporter=reporter, on_step=on_step)
+    final = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     training = {
         "tool": "phub train",
         "options": {**settings.to_json(), "resolution": result.resolution},
@@ -74,7 +77,7 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
         "steps": len(result.losses),
         "effective_batch": settings.batch_size * settings.grad_accum,
         "loss_first": result.losses[0] if result.losses else None,
-        "loss_last10": sum(result.losses[-10:]) / max(1, len(result.losses[-10:])),
+        "loss_last10": final,
         "seconds": round(result.seconds, 2),
         "device": result.device,
         "precision": result.precision,
@@ -96,7 +99,6 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
                          f"{record.name!r}[/] (same images, seed and options), which stays "
                          "registered under that name.")
     remove_checkpoint(checkpoints)
-    final = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     return TrainResult(record, concept, result.seconds, final, checkpoints, folder.skipped)
 
 
