@@ -3,8 +3,10 @@
     python benchmarks/train_speed.py            # small random config on the CPU
     python benchmarks/train_speed.py --sd15     # SD-1.5 architecture, random weights, on a GPU:
                                                 # bf16, batch 4 × accumulation 4, 64×64 latents
+    python benchmarks/train_speed.py --base micro   # a registered base (e.g. the micro base)
 
-Weights are random and C⁻¹ is the identity: speed does not depend on either. The loop is the
+With --sd15 or the small config, weights are random and C⁻¹ is the identity: speed depends
+on neither. The loop is the
 real one (`perfusion_hub.training.loop.train_loop`), edit installed, checkpoints off.
 """
 
@@ -95,12 +97,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grad-accum", type=int, default=4)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--base", default=None, help="a registered base (or source) instead")
+    parser.add_argument("--home", default=None, help="perfusion-hub home for --base")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = args.steps or (30 if args.sd15 else 12)
     device, dtype = resolve_device(args.device)
-    base = build_base(args.sd15, device, dtype)
+    if args.base:
+        from perfusion_hub import Hub
+
+        base = Hub(args.home).open_base(args.base, device=str(device), dtype=dtype)
+    else:
+        base = build_base(args.sd15, device, dtype)
     console = Console(width=140)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         machine = f"CPU, {torch.get_num_threads()} torch threads"
     table = Table("config", "machine", "precision", "batch × accum", "steps/s",
                   "400 steps", "peak memory", "setup + run")
-    table.add_row("SD-1.5 architecture" if args.sd15 else "small", machine,
+    config = f"base {base.name}" if args.base else "SD-1.5 architecture" if args.sd15 else "small"
+    table.add_row(config, machine,
                   str(base.pipe.unet.dtype).removeprefix("torch."),
                   f"{args.batch_size} × {args.grad_accum}", f"{rate:.2f}",
                   f"{400 / rate:.0f} s", peak, f"{time.perf_counter() - started:.1f} s")

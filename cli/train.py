@@ -32,6 +32,9 @@ def train(
         "--masks", help="Folder of grayscale masks named like the images; weights the loss.")
     ] = None,
     lock: Annotated[str, typer.Option("--lock", help="Key locking: local or global.")] = "local",
+    method: Annotated[str, typer.Option(
+        "--method", help="perfusion, or a baseline for comparison: no-key-lock (keys learned "
+        "like values) or textual-inversion (v* only).")] = "perfusion",
     seed: Annotated[int, typer.Option("--seed", help="Seed of all sampling.")] = 0,
     resolution: Annotated[int | None, typer.Option(
         "--resolution", help="Training resolution (default: the base's).")] = None,
@@ -56,7 +59,7 @@ def train(
             images, name=name, superclass=superclass, base=base, masks=masks, force=force,
             resume=resume, reporter=RichReporter(err_console), steps=steps,
             batch_size=batch_size, grad_accum=grad_accum, lr_embedding=lr_embedding,
-            lr_values=lr_values, weight_decay=weight_decay, lock=lock, seed=seed,
+            lr_values=lr_values, weight_decay=weight_decay, lock=lock, method=method, seed=seed,
             resolution=resolution, flip=not no_flip, device=device,
             preview_every=preview_every, checkpoint_every=checkpoint_every,
         )

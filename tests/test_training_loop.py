@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -228,3 +230,12 @@ def _raise(error):
         raise error
 
     return fail
+
+
+def test_ctrl_c_during_an_optimiser_step_waits_for_its_end():
+    applied = []
+    with pytest.raises(KeyboardInterrupt), loop._deferred_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+        applied.append("step")  # still runs: the interrupt is held until the block ends
+    assert applied == ["step"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

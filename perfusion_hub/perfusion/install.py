@@ -199,15 +199,15 @@ class PerfusionEdit:
     # helpers for callers ------------------------------------------------------------------
 
     def gates(self) -> dict[str, torch.Tensor]:
-        """Gate values (batch, tokens) per concept from the last fresh K/V evaluation
-        (needs `record_gates=True`)."""
+        """Gate values (batch, tokens) per editing concept (textual inversions have no gate)
+        from the last fresh K/V evaluation (needs `record_gates=True`)."""
         return dict(self.stack.recorded)
 
     def key_prompt(self, prompt: str) -> str:
         """The prompt the key path reads: tokens of globally locked concepts replaced by their
-        superclass words (method.md §3, global locking)."""
+        superclass words (method.md §3, global locking; textual inversions lock nothing)."""
         for state in self.states:
-            if state.lock == "global":
+            if state.lock == "global" and state.edits:
                 prompt = prompt.replace(state.token, state.superclass)
         return prompt
 

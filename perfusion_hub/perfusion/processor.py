@@ -5,6 +5,10 @@ encoding; queries, outputs and self-attention are untouched. The edited K and V 
 the text encoding, so outside autograd they are computed once per encoding (and per state of
 the concepts) and reused across the denoising steps.
 
+Concepts of the comparison baselines (`ConceptState.method`) share the same formula:
+"no-key-lock" puts its learned o*_K where Perfusion puts W_K ī_super; "textual-inversion" adds no
+term and its i* stays out of the projection basis, so it acts through its word embedding alone.
+
 The edit applies to every row of the batch, the unconditional half of classifier-free guidance
 included (method.md §5 open choice): the empty prompt holds no concept token, so it receives
 only the σ(−β/τ) leak, as it did in training, where every prompt passed through the edit.
@@ -31,7 +35,8 @@ class ConceptStack:
     """The active concepts of one installation and C⁻¹, shared by all its processors.
 
     Holds the per-concept-set precomputation (`Basis`), the gate parameters and the gates
-    recorded on the last fresh evaluation. Between `begin_forward` and `end_forward` (hooks
+    recorded on the last fresh evaluation. Only the concepts that edit (`edited`, not textual
+    inversions) enter the basis and the gated sum. Between `begin_forward` and `end_forward` (hooks
     on the UNet) the concepts cannot change, so their signature and resolved gate parameters
     are computed once per UNet call instead of once per layer.
     """
@@ -39,6 +44,8 @@ class ConceptStack:
     def __init__(self, states: Sequence[ConceptState], inverse_covariance: torch.Tensor,
                  record_gates: bool = False) -> None:
         self.states = tuple(states)
+        self.edited_index = tuple(n for n, s in enumerate(self.states) if s.edits)
+        self.edited = tuple(self.states[n] for n in self.edited_index)
         self.inverse_covariance = inverse_covariance.detach().float()
         self.record_gates = record_gates
         self.recorded: dict[str, torch.Tensor] = {}
@@ -56,7 +63,8 @@ class ConceptStack:
         self._memo = None
 
     def basis(self) -> Basis:
-        """C⁻¹ I, Iᵀ C⁻¹ I and the energies, rebuilt when any i* changes."""
+        """C⁻¹ I, Iᵀ C⁻¹ I and the energies of the editing concepts, rebuilt when any i*
+        changes."""
         key = tuple((id(s.target_input), _version(s.target_input)) for s in self.states)
         if self._basis is None or self._basis[0] != key:
             inputs = torch.stack([s.target_input for s in self.states]).detach()
@@ -93,8 +101,9 @@ class ConceptStack:
                             "installed concepts; give one per concept or a name → value mapping.")
         return tuple(values)
 
-    def requires_grad(self, layer_name: str) -> bool:
-        return any(s.value_target(layer_name).requires_grad for s in self.states)
+    def requires_grad(self) -> bool:
+        """Whether any trained o* (values, and keys without key-locking) needs a gradient."""
+        return any(t.requires_grad for s in self.edited for t in s.output_targets())
 
     def signature(self) -> tuple:
         """Identity and in-place version of every tensor the edit reads, all layers together.
@@ -108,7 +117,7 @@ class ConceptStack:
             (id(tensor), _version(tensor))
             for state in self.states
             for tensor in (state.target_input, state.superclass_input,
-                           *state.value_targets.values())
+                           *state.output_targets())
         )
         if signature == self._last_signature:
             signature = self._last_signature
@@ -173,8 +182,10 @@ class PerfusionAttnProcessor:
                   scale: float, betas: Overrides, taus: Overrides,
                   enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Edited (K, V) for this layer, from the cache when nothing they depend on changed."""
-        active = enabled and scale != 0.0 and len(self.stack) > 0
-        if active and torch.is_grad_enabled() and self.stack.requires_grad(self.layer_name):
+        active = enabled and scale != 0.0 and bool(self.stack.edited)
+        if torch.is_grad_enabled() and (
+                text.requires_grad or (key_text is not None and key_text.requires_grad)
+                or (active and self.stack.requires_grad())):
             return self._compute(attn, text, key_text, scale, betas, taus, active)
         signature = (
             _identity(text), _identity(key_text), active, float(scale),
@@ -209,18 +220,18 @@ class PerfusionAttnProcessor:
         basis = stack.basis()
         beta_values, tau_values = stack.gate_parameters(betas, taus)
         device = basis.inputs.device
-        beta = torch.tensor(beta_values, device=device)
-        tau = torch.tensor(tau_values, device=device)
+        beta = torch.tensor([beta_values[n] for n in stack.edited_index], device=device)
+        tau = torch.tensor([tau_values[n] for n in stack.edited_index], device=device)
         w_k, w_v = attn.to_k.weight, attn.to_v.weight
-        key_targets = torch.stack([s.key_target(layer, w_k) for s in stack.states])
-        value_targets = torch.stack([s.value_target(layer) for s in stack.states])
+        key_targets = torch.stack([s.key_target(layer, w_k) for s in stack.edited])
+        value_targets = torch.stack([s.value_target(layer) for s in stack.edited])
         key, _ = basis.edit(key_input, key, basis.mapped_inputs(w_k.detach()), key_targets,
                             beta, tau, scale)
         value, gates = basis.edit(text, value, basis.mapped_inputs(w_v.detach()), value_targets,
                                   beta, tau, scale)
         if stack.record_gates:
             stack.recorded = {s.name: gates[..., n].detach().clone()
-                              for n, s in enumerate(stack.states)}
+                              for n, s in enumerate(stack.edited)}
         return key, value
 
 

@@ -5,6 +5,8 @@ Per optimiser step (effective batch B = batch_size × grad_accum):
     i* ← 0.99 · i* + 0.01 · mean_b enc(prompt_b)[concept position]      (before use)
     loss = mean ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, enc(prompt))‖²  (× soft mask weight)
     AdamW on {v* (lr 0.006), o*_V (lr 0.03)}, the gated edit (β 0.75, τ 0.10) installed.
+Baselines (`options.method`): "no-key-lock" trains o*_K in the o*_V group; "textual-inversion"
+trains v* alone (no edit is installed, only its token).
 Mixed precision: the frozen base runs in the dtype it was loaded in (bf16 on CUDA, fp16 with a
 gradient scaler where bf16 is missing), while v*, o*_V, i*, the loss and the edit's similarities
 stay float32. (No autocast: it would run the edit's fp32 similarities in half precision.)
@@ -122,18 +124,18 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
                          "replaced (--resume continues it instead).")
     if checkpoint is not None:
         _check_resumable(checkpoint, identity, options)
-        state = _state_from(checkpoint, pipe.unet, superclass_id, superclass, name, options.lock)
+        state = _state_from(checkpoint, pipe.unet, superclass_id, superclass, name, options.lock,
+                            options.method)
         generator.set_state(checkpoint.generator)
     else:
         plain = _TextEncoder(pipe.tokenizer, pipe.text_encoder, device)
         state = _initial_state(plain, pipe.unet, templates, name, superclass, superclass_id,
                                options, generator)
     state.to(device)
-    optimizer = torch.optim.AdamW(
-        [{"params": [state.word_embedding], "lr": options.lr_embedding},
-         {"params": list(state.value_targets.values()), "lr": options.lr_values}],
-        weight_decay=options.weight_decay,
-    )
+    groups = [{"params": [state.word_embedding], "lr": options.lr_embedding}]
+    if state.edits:  # o*_V, and o*_K without key-locking
+        groups.append({"params": state.output_targets(), "lr": options.lr_values})
+    optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
     completed = 0
     losses: list[float] = []
     elapsed_before = 0.0
@@ -341,15 +343,15 @@ def _initial_state(text: _TextEncoder, unet: nn.Module, templates: tuple[str, ..
         superclass_input = text.concept_rows(ids, token_positions(ids, superclass_id, prompts))
     embedding = text.encoder.get_input_embeddings().weight[superclass_id].detach().float().cpu()
     return ConceptState.initial(name, superclass, superclass_id, superclass_input.mean(0).cpu(),
-                                embedding, unet, lock=options.lock)
+                                embedding, unet, lock=options.lock, method=options.method)
 
 
 def _state_from(checkpoint: Checkpoint, unet: nn.Module, superclass_id: int, superclass: str,
-                name: str, lock: str) -> ConceptState:
+                name: str, lock: str, method: str) -> ConceptState:
     """The state saved in `checkpoint` (layer names taken from the UNet, tensors from the file)."""
     saved = checkpoint.state
     state = ConceptState.initial(name, superclass, superclass_id, saved["superclass_input"],
-                                 saved["word_embedding"], unet, lock=lock)
+                                 saved["word_embedding"], unet, lock=lock, method=method)
     state.load_state_dict(saved)
     return state
 

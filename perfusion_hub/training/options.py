@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from perfusion_hub.concepts import LOCK_MODES
+from perfusion_hub.concepts import LOCK_MODES, METHODS
 from perfusion_hub.errors import TrainingError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -19,7 +19,8 @@ class TrainOptions:
     """Everything that shapes the result. Defaults are the reference recipe of method.md §5.
 
     `steps` counts optimiser steps; each sees `batch_size × grad_accum` images.
-    `resolution` None means the base's own.
+    `resolution` None means the base's own. `method` picks Perfusion or a comparison
+    baseline: "no-key-lock" trains o*_K with o*_V (at `lr_values`), "textual-inversion" v* only.
     """
 
     steps: int = 400
@@ -29,6 +30,7 @@ class TrainOptions:
     lr_values: float = 0.03
     weight_decay: float = 0.0
     lock: str = "local"
+    method: str = "perfusion"
     seed: int = 0
     resolution: int | None = None
     flip: bool = True
@@ -50,6 +52,12 @@ class TrainOptions:
         if self.lock not in LOCK_MODES:
             raise TrainingError(f"--lock must be one of {', '.join(LOCK_MODES)}, "
                                 f"not {self.lock!r}.")
+        if self.method not in METHODS:
+            raise TrainingError(f"--method must be one of {', '.join(METHODS)}, "
+                                f"not {self.method!r}.")
+        if self.method == "textual-inversion" and self.lock != "local":
+            raise TrainingError("--lock global needs a rank-1 method: textual inversion edits no "
+                                "keys. Drop --lock or choose --method perfusion.")
         if self.device not in DEVICES:
             raise TrainingError(f"--device must be one of {', '.join(DEVICES)}, "
                                 f"not {self.device!r}.")

@@ -19,6 +19,10 @@ from perfusion_hub.training.options import EMA_DECAY, TRAIN_BETA, TRAIN_TAU, Tra
 from perfusion_hub.training.progress import Reporter, SilentReporter
 from perfusion_hub.training.prompts import superclass_token_id
 
+KEYS = {"perfusion": "locked to W_K ī_super (never trained)",
+        "no-key-lock": "learned like values (start W_K ī_super, lr of values)",
+        "textual-inversion": "stock W_K (no edit)"}
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -85,7 +89,7 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
         "method": {
             "train_beta": TRAIN_BETA, "train_tau": TRAIN_TAU, "ema_decay": EMA_DECAY,
             "target_input_gradient": False, "weight_decay": settings.weight_decay,
-            "lock": settings.lock, "keys": "locked to W_K ī_super (never trained)",
+            "lock": settings.lock, "name": settings.method, "keys": KEYS[settings.method],
             "superclass_input": "superclass encoding at the concept position, first batch mean",
             "covariance_positions": _covariance_positions(hub.registry, loaded.name),
             "loss": "epsilon-MSE, uniform timesteps" + (", soft mask weight"
