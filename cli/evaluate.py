@@ -93,11 +93,11 @@ def print_report(report: Any) -> None:
     console.print(summary_table(f"by prompt kind at β={headline:.2f}",
                                 [s for s in report.by_kind if s.beta == headline], by_kind=True))
     for note in report.notes:
-        console.print(f"[yellow]Note:[/] {note}", highlight=False)
-    console.print(f"results: {report.csv_path}", highlight=False)
+        console.print(f"[yellow]Note:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
     if report.plot_path is not None:
-        console.print(f"plot:    {report.plot_path}", highlight=False)
-    console.print(f"renders: {report.out_dir / 'images'}", highlight=False)
+        console.print(f"plot:    {report.plot_path}", highlight=False, soft_wrap=True)
+    console.print(f"renders: {report.out_dir / 'images'}", highlight=False, soft_wrap=True)
 
 
 def eval_command(
@@ -167,7 +167,7 @@ def demo_command(
 
     def say(line: str) -> None:
         if not as_json:
-            err_console.print(line, highlight=False)
+            err_console.print(line, highlight=False, soft_wrap=True)
 
     reporter = SilentReporter() if as_json else RichReporter(err_console)
     with _progress(not as_json, "eval") as progress:
@@ -178,12 +178,13 @@ def demo_command(
         print_json(report.to_json())
         return
     print_report(report.evaluation)
-    console.print(f"training images: {report.out_dir / 'data'}", highlight=False)
+    console.print(f"training images: {report.out_dir / 'data'}", highlight=False, soft_wrap=True)
     console.print(f"composed:        {', '.join(str(p) for p in report.renders)}",
-                  highlight=False)
-    console.print(f"contact sheet:   {report.sheet}", highlight=False)
-    times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
-    console.print(f"time: {times}; total {sum(report.seconds.values()):.0f} s", highlight=False)
+                  highlight=False, soft_wrap=True)
+    console.print(f"contact sheet:   {report.sheet}", highlight=False, soft_wrap=True)
+    times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items() if k != "total")
+    console.print(f"time: {times}; total {report.seconds['total']:.0f} s", highlight=False,
+                  soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

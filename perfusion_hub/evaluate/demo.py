@@ -20,7 +20,7 @@ from PIL import Image
 from perfusion_hub.files import atomic_write_bytes
 
 DEMO_PROMPT = "a <my-cat> on a <my-chair>"
-DEFAULT_STEPS = 200
+DEFAULT_STEPS = 150
 DEFAULT_IMAGES = 6
 DEFAULT_RENDERS = 4
 DEFAULT_EVAL_SEEDS = 2
@@ -109,6 +109,7 @@ def run_demo(
     from perfusion_hub.evaluate.run import evaluate_concept
     from perfusion_hub.micro.world import MY_CAT, MY_CHAIR
 
+    begun = time.monotonic()
     out_dir = ensure_writable_dir(Path(out) if out else hub.settings.home / "demo")
     seconds: dict[str, float] = {}
     trained = []
@@ -139,6 +140,7 @@ def run_demo(
                                   steps=sample_steps, out=out_dir / "eval", device=device,
                                   progress=progress)
     seconds["eval"] = time.monotonic() - started
+    seconds["total"] = time.monotonic() - begun
     return DemoReport(out_dir, trained, rendered, sheet, evaluation, seconds)
 
 

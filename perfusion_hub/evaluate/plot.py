@@ -63,7 +63,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def _range(values: Sequence[float]) -> tuple[float, float]:
     low, high = min(values), max(values)
-    pad = max((high - low) * 0.08, 0.01)
+    pad = max((high - low) * 0.1, 0.002)
     return low - pad, high + pad
 
 

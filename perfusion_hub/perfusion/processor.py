@@ -65,9 +65,9 @@ class ConceptStack:
     def basis(self) -> Basis:
         """C⁻¹ I, Iᵀ C⁻¹ I and the energies of the editing concepts, rebuilt when any i*
         changes."""
-        key = tuple((id(s.target_input), _version(s.target_input)) for s in self.states)
+        key = tuple((id(s.target_input), _version(s.target_input)) for s in self.edited)
         if self._basis is None or self._basis[0] != key:
-            inputs = torch.stack([s.target_input for s in self.states]).detach()
+            inputs = torch.stack([s.target_input for s in self.edited]).detach()
             inv_cov = self.inverse_covariance.to(inputs.device)
             self._basis = (key, Basis.build(inputs, inv_cov))
         return self._basis[1]
