@@ -77,18 +77,9 @@ class _RichProgress:
     """A rich progress bar fed by `render_jobs`."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from perfusion_hub.progress import progress_bar
 
-        self.bar = Progress(TextColumn("[bold]render"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[job]}"), console=console)
+        self.bar = progress_bar("render", "{task.fields[job]}", console=console)
         self.task = None
 
     def start(self, total: int) -> None:

@@ -31,18 +31,9 @@ class _Bar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from perfusion_hub.progress import progress_bar
 
-            self.bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=err_console)
+            self.bar = progress_bar(self.label, console=err_console)
             self.task = self.bar.add_task(self.label, total=total)
             self.bar.start()
         self.bar.update(self.task, completed=done, total=total)

@@ -5,14 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
+
+from perfusion_hub.progress import progress_bar
 
 
 class Reporter(Protocol):
@@ -55,12 +50,8 @@ class RichReporter:
         self.console.print(text, highlight=False)
 
     def start(self, total: int, completed: int) -> None:
-        self._progress = Progress(
-            TextColumn("training"), BarColumn(), TextColumn("step"), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("elapsed"),
-            TimeRemainingColumn(), TextColumn("left"),
-            console=self.console, transient=False,
-        )
+        self._progress = progress_bar("training", "loss {task.fields[loss]}",
+                                      console=self.console)
         self._task = self._progress.add_task("train", total=total, completed=completed, loss="-")
         self._progress.start()
 
