@@ -57,6 +57,28 @@ def registry(settings: Settings) -> Iterator[Registry]:
         yield opened
 
 
+@pytest.fixture(scope="session")
+def tiny_base_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random pipeline of tests/tiny.py saved as a diffusers folder: a local base."""
+    from tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_hub(home: Path, tiny_base_folder: Path):
+    """A Hub on a fresh home whose registry knows the tiny base as `tiny`."""
+    from tiny import BASE_CAPTIONS
+
+    from perfusion_hub import Hub
+
+    hub = Hub(home)
+    hub.add_base(tiny_base_folder, name="tiny", captions=BASE_CAPTIONS)
+    return hub
+
+
 ConceptFileFactory = Callable[..., Path]
 
 

@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_concept, tiny_inverse_covariance, tiny_pipeline, token_id, word_encoding
+from tiny import (
+    BASE_CAPTIONS,
+    tiny_concept,
+    tiny_inverse_covariance,
+    tiny_pipeline,
+    token_id,
+    word_encoding,
+)
 from typer.testing import CliRunner
 
 from cli.main import app
-from perfusion_hub import Hub
 from perfusion_hub.bases import LoadedBase, compute_text_statistics, cross_attention_layers
 from perfusion_hub.concepts import BaseFingerprint, load_concept, save_concept
 from perfusion_hub.errors import TrainingError
@@ -23,9 +29,6 @@ from perfusion_hub.training.images import read_image_folder
 from perfusion_hub.training.loop import train_loop
 from perfusion_hub.training.options import TrainOptions
 from perfusion_hub.training.progress import SilentReporter
-
-CAPTIONS = [f"a {c} {o} on the {p}" for c in ("red", "blue", "green")
-            for o in ("cat", "dog", "chair", "car") for p in ("beach", "city")]
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +209,8 @@ def test_mixed_methods_in_one_apply(pipe, inv):
 
 def tiny_base() -> LoadedBase:
     pipe = tiny_pipeline()
-    stats = compute_text_statistics(pipe.tokenizer, pipe.text_encoder, CAPTIONS, progress=False)
+    stats = compute_text_statistics(pipe.tokenizer, pipe.text_encoder, BASE_CAPTIONS,
+                                    progress=False)
     fingerprint = BaseFingerprint("tiny", 32, cross_attention_layers(pipe.unet), "0" * 64, "tiny")
     return LoadedBase("tiny", pipe, fingerprint, stats.inverse_covariance, stats.hash, 16,
                       ["a photo of a {}", "{} on the beach"], {"num_inference_steps": 2})
@@ -262,11 +266,8 @@ def test_training_options_validate_the_method():
 # -- Hub.train / phub train --method → file → compose -------------------------------------------
 
 
-def test_each_method_trains_saves_loads_and_composes(home, tmp_path, images):
-    folder = tmp_path / "tiny-base"
-    tiny_pipeline().save_pretrained(folder)
-    hub = Hub(home)
-    hub.add_base(folder, name="tiny", captions=CAPTIONS)
+def test_each_method_trains_saves_loads_and_composes(tiny_hub, images, tmp_path):
+    hub = tiny_hub
     quick = {"base": "tiny", "steps": 1, "batch_size": 1, "grad_accum": 1}
     result = CliRunner().invoke(app, [
         "--home", str(hub.settings.home), "train", str(images), "--name", "ti-cat",

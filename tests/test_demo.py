@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,14 +15,6 @@ from cli.main import app
 from perfusion_hub.api import Hub
 from perfusion_hub.evaluate.demo import write_instance_data
 from perfusion_hub.micro.world import MY_CAT
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_instance_data_has_images_and_matching_masks(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_pipeline, tiny_tokenizer
+from tiny import BASE_CAPTIONS, tiny_pipeline, tiny_tokenizer
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -28,17 +28,6 @@ from perfusion_hub.evaluate.prompts import PHOTO_TEMPLATES
 from perfusion_hub.evaluate.run import parse_betas, reference_folder
 from perfusion_hub.evaluate.words import expectation
 from perfusion_hub.micro.checker import ObjectReading, SceneReading
-
-CAPTIONS = [f"a {c} {o} on the {p}" for c in ("red", "blue", "green")
-            for o in ("cat", "dog", "chair", "car") for p in ("beach", "city")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _images(folder: Path, seed: int) -> Path:
@@ -77,7 +66,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("eval")
     tiny_pipeline().save_pretrained(root / "tiny-sd")
     hub = Hub(root / "home")
-    hub.add_base(root / "tiny-sd", name="tiny", captions=CAPTIONS)
+    hub.add_base(root / "tiny-sd", name="tiny", captions=BASE_CAPTIONS)
     for seed, (name, superclass) in enumerate((("my-cat", "cat"), ("my-chair", "chair"))):
         hub.train(_images(root / name, seed), name=name, superclass=superclass, base="tiny",
                   steps=1, batch_size=1, grad_accum=1)

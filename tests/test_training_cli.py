@@ -6,41 +6,18 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from tiny import tiny_pipeline
 from typer.testing import CliRunner
 
 from cli.main import app
-from perfusion_hub import Hub
 from perfusion_hub.errors import NotFoundError
 from perfusion_hub.perfusion import apply
 from perfusion_hub.training import loop
 
-CAPTIONS = [f"a {c} {o} on the {p}" for c in ("red", "blue", "green")
-            for o in ("cat", "dog", "chair", "car") for p in ("beach", "city")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def base_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-base")
-    tiny_pipeline().save_pretrained(folder)
-    return folder
-
 
 @pytest.fixture
-def hub(home, base_folder):
-    hub = Hub(home)
-    hub.add_base(base_folder, name="tiny", captions=CAPTIONS)
-    return hub
+def hub(tiny_hub):
+    return tiny_hub
 
 
 @pytest.fixture

@@ -25,14 +25,6 @@ from perfusion_hub.training.progress import SilentReporter
 TEMPLATES = ["a photo of a {}", "{} on the beach", "a small red {} in a room with a tree"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_base(templates=TEMPLATES) -> LoadedBase:
     pipe = tiny_pipeline()

@@ -100,6 +100,11 @@ def token_id(pipe: StableDiffusionPipeline, word: str) -> int:
     return ids[0]
 
 
+BASE_CAPTIONS = [f"a {c} {o} on the {p}" for c in ("red", "blue", "green")
+                 for o in ("cat", "dog", "chair", "car") for p in ("beach", "city")]
+"""Captions for the tiny base's text statistics when it is registered with a Hub."""
+
+
 def tiny_captions(count: int = 300, seed: int = 0) -> list[str]:
     """Random captions over `WORDS` (every word one token of the tiny tokenizer)."""
     import random

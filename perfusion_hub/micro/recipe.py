@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "checker")
 DEFAULT_MINUTES: dict[str, float] = {"clip": 6.0, "vae": 19.0, "unet": 82.0, "checker": 5.0}
 P_EMPTY = 0.1
-OFFSET_NOISE = 0.1
+OFFSET_NOISE = 0.2
 OFFSET_FROM_STEP = 2734
 FOREGROUND_WEIGHT = 4.0
 CAPTION_DROP = 0.3
@@ -270,7 +270,8 @@ def train_unet(
     show: bool = True,
     pool_size: int | None = None,
 ) -> dict:
-    """ε-prediction UNet on precomputed latents, 10 % empty captions, min-SNR-5 weights, EMA."""
+    """ε-prediction UNet on precomputed latents: 10 % empty captions, min-SNR-5 weights,
+    offset noise (see `offset_noise`), EMA 0.999; exports `work/pipeline` at each checkpoint."""
     torch.manual_seed(seed)
     tok, te, vae = _load_clip_and_vae(work, device)
     unet = models.make_unet(tiny, cross_attention_dim=te.config.hidden_size).to(device)
