@@ -11,13 +11,13 @@ import typer
 from rich.table import Table
 
 from cli.common import console, err_console, hub, print_json
-from perfusion_hub.evaluate.demo import (
+from perfusion_hub.evaluate.defaults import (
     DEFAULT_EVAL_SEEDS,
     DEFAULT_RENDERS,
     DEFAULT_SAMPLE_STEPS,
+    DEFAULT_SEEDS,
     DEFAULT_STEPS,
 )
-from perfusion_hub.evaluate.run import DEFAULT_SEEDS
 
 
 class _Bar:

@@ -17,14 +17,16 @@ from typing import Any
 
 from PIL import Image
 
+from perfusion_hub.evaluate.defaults import (
+    DEFAULT_EVAL_SEEDS,
+    DEFAULT_IMAGES,
+    DEFAULT_RENDERS,
+    DEFAULT_SAMPLE_STEPS,
+    DEFAULT_STEPS,
+)
 from perfusion_hub.files import atomic_write_bytes
 
 DEMO_PROMPT = "a <my-cat> on a <my-chair>"
-DEFAULT_STEPS = 150
-DEFAULT_IMAGES = 6
-DEFAULT_RENDERS = 4
-DEFAULT_EVAL_SEEDS = 2
-DEFAULT_SAMPLE_STEPS: int | None = None
 TRAIN_BATCH = 4
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from perfusion_hub.errors import PromptError, TrainingError
+from perfusion_hub.evaluate.defaults import DEFAULT_SEEDS
 from perfusion_hub.evaluate.metrics import (
     CSV_COLUMNS,
     EvalRow,
@@ -40,7 +41,6 @@ from perfusion_hub.evaluate.prompts import (
 from perfusion_hub.files import atomic_write_bytes
 
 MICRO_ARCHITECTURE = "phub-micro"
-DEFAULT_SEEDS = 4
 CSV_NAME = "results.csv"
 PLOT_NAME = "fidelity-vs-alignment.png"
 SUMMARY_NAME = "summary.json"
