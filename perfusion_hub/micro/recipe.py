@@ -32,7 +32,7 @@ from perfusion_hub.micro.world import caption, random_scene, render
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "checker")
-DEFAULT_MINUTES: dict[str, float] = {"clip": 6.0, "vae": 19.0, "unet": 82.0, "checker": 5.0}
+DEFAULT_MINUTES: dict[str, float] = {"clip": 6.0, "vae": 19.0, "unet": 80.0, "checker": 10.0}
 P_EMPTY = 0.1
 OFFSET_NOISE = 0.2
 OFFSET_FROM_STEP = 2734
