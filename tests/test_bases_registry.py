@@ -124,3 +124,23 @@ def test_micro_statistics_use_the_micro_worlds_own_words():
     assert len(captions) == 200
     assert all(word in words for caption in captions for word in caption.split())
     assert registry_bases.default_captions("sd-like-32", 100)[0] != captions[0]
+
+
+def test_a_folder_that_ships_statistics_is_not_recomputed(registry, settings, folder, tmp_path,
+                                                          monkeypatch):
+    from perfusion_hub.bases import compute_text_statistics, save_statistics
+
+    shipped = tmp_path / "with-statistics"
+    tiny_pipeline().save_pretrained(shipped)
+    pipe = tiny_pipeline()
+    stats = compute_text_statistics(pipe.tokenizer, pipe.text_encoder, tiny_captions(80),
+                                    progress=False)
+    save_statistics(stats, shipped / registry_bases.SHIPPED_STATISTICS)
+
+    def no_computing(*args, **kwargs):
+        raise AssertionError("statistics recomputed although the base ships them")
+
+    monkeypatch.setattr(registry_bases, "compute_text_statistics", no_computing)
+    loaded = open_base(registry, settings, str(shipped), progress=False)
+    assert loaded.covariance_hash == stats.hash
+    assert torch.equal(loaded.inverse_covariance, stats.inverse_covariance.float())

@@ -27,12 +27,17 @@ from perfusion_hub.bases import (
 from perfusion_hub.bases.captions import DEFAULT_COUNT
 from perfusion_hub.bases.fingerprint import FINGERPRINT_ATTRIBUTE, HASH_ATTRIBUTE
 from perfusion_hub.bases.source import MICRO
+from perfusion_hub.bases.statistics import read_statistics
+from perfusion_hub.concepts import tensors_hash
 from perfusion_hub.errors import BaseModelError, NotFoundError
+from perfusion_hub.files import atomic_write_bytes
 from perfusion_hub.registry.records import BaseRecord
 from perfusion_hub.registry.registry import Registry, slugify
 from perfusion_hub.settings import Settings
 
 DEFAULT_BASE_ENV = "PHUB_DEFAULT_BASE"
+SHIPPED_STATISTICS = "phub_statistics.safetensors"
+"""A base folder may carry its default statistics (the micro base does): used, not recomputed."""
 
 
 def register_base(registry: Registry, settings: Settings, source: str | Path,
@@ -120,7 +125,16 @@ def _register(registry: Registry, settings: Settings, source: str, pipe: Any,
 
 def _store_statistics(registry: Registry, settings: Settings, name: str, pipe: Any,
                       captions: list[str] | None, progress: bool) -> BaseRecord:
-    """Compute C, C⁻¹ with a float32 text encoder and record them on the base."""
+    """Compute C, C⁻¹ with a float32 text encoder (or take the ones the base folder ships, when
+    no captions are given) and record them on the base."""
+    shipped = Path(getattr(pipe, "name_or_path", "") or "") / SHIPPED_STATISTICS
+    if captions is None and shipped.is_file():
+        tensors, _ = read_statistics(shipped)
+        content_hash = tensors_hash(tensors)
+        path = settings.bases_dir / f"{content_hash}.safetensors"
+        if not path.is_file():
+            atomic_write_bytes(path, shipped.read_bytes())
+        return registry.set_base_statistics(name, content_hash, path)
     fingerprint = getattr(pipe, FINGERPRINT_ATTRIBUTE, None) or fingerprint_pipeline(pipe)
     encoder = pipe.text_encoder
     if encoder.dtype != torch.float32:
