@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_compose import World, build_world, one_thread, pixels  # noqa: F401 (fixture)
+from test_compose import World, build_world, pixels
 
 from perfusion_hub.compose import Renderer, read_png_parameters
 
@@ -25,7 +25,7 @@ OUTPUTS = {"cat-first.png", "job-000001.png", "job-000002.png", "job-000003-0.pn
 
 
 @pytest.fixture(scope="module")
-def world(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> World:  # noqa: F811
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory.mktemp("render"))
 
 
