@@ -65,5 +65,5 @@ class PhubGroup(TyperGroup):
         except PhubError as error:
             if isinstance(ctx.obj, CliState) and ctx.obj.verbose:
                 err_console.print(traceback.format_exc(), markup=False, highlight=False)
-            err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
+            err_console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
