@@ -166,7 +166,7 @@ class MicroJudge:
             match: float | None = None
             if names and all(n in self.references for n in names):
                 match = float(all(
-                    any(object_matches(o, self.references[n], details=True)
+                    any(object_matches(o, self.references[n])
                         for o in reading.objects)
                     for n in names))
             verdicts.append(Verdict(alignment, obeyed, match, missed))

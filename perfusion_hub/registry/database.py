@@ -43,8 +43,8 @@ def open_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            if not memory and cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cursor.execute("PRAGMA journal_mode = WAL")
+            if not memory:
+                _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.close()
 
@@ -161,6 +161,25 @@ def run_migrations(engine: Engine, url: str, direction: str, target: str,
         finally:
             if sqlite:
                 raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _enable_wal(cursor: Any, attempts: int = 50) -> None:
+    """Switch a SQLite file to WAL (persistent, so only its first opener does the work).
+
+    Changing the journal mode ignores the busy timeout: when two processes open a new
+    database at once, one of them is told "locked" at once, so it retries briefly."""
+    import sqlite3
+    import time
+
+    for attempt in range(attempts):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 @contextlib.contextmanager
