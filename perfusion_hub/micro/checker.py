@@ -14,7 +14,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from perfusion_hub.micro.training import Budget, as_pixels, autocast, run_loop, warmup_cosine
+from perfusion_hub.micro.training import (
+    Budget,
+    as_pixels,
+    autocast,
+    optimiser_step,
+    run_loop,
+    warmup_cosine,
+)
 from perfusion_hub.micro.world import (
     CATEGORIES,
     COLOUR_NAMES,
@@ -274,10 +281,7 @@ def train_checker(
         model.train()
         with autocast(device):
             loss = model.loss(model(x), tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return optimiser_step(opt, model, loss, clip=None)
 
     steps = run_loop(
         "checker",

@@ -23,6 +23,7 @@ from perfusion_hub.micro.training import (
     Budget,
     as_pixels,
     autocast,
+    optimiser_step,
     pick_device,
     run_loop,
     warmup_cosine,
@@ -99,11 +100,7 @@ def train_clip(
         )
         with autocast(device):
             loss = model(input_ids=ids, pixel_values=as_pixels(imgs, device), return_loss=True).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()
+        return optimiser_step(opt, model, loss)
 
     steps = run_loop(
         "clip",
@@ -175,11 +172,7 @@ def train_vae(
         kl = dist.kl().mean() / x[0].numel()
         err = rec - x
         loss = (weight * (err.pow(2) + 0.5 * err.abs())).mean() + 1e-6 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        return loss.item()
+        return optimiser_step(opt, vae, loss)
 
     steps = run_loop(
         "vae",
@@ -306,15 +299,12 @@ def train_unet(
         with autocast(device):
             pred = unet(sched.add_noise(z, noise, t), t, states).sample.float()
         loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        value = optimiser_step(opt, unet, loss)
         decay = min(0.999, (1 + i) / (10 + i))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
-        return loss.item()
+        return value
 
     def export() -> None:
         export_pipeline(work / "pipeline", tok, te, vae, ema)

@@ -37,6 +37,18 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def optimiser_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor,
+                   clip: float | None = 1.0) -> float:
+    """Backpropagate `loss`, clip the gradient norm of `model` (unless `clip` is None), step;
+    returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return loss.item()
+
+
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on both CPU and CUDA (the micro models train well in it)."""
     return torch.autocast(device.type, dtype=torch.bfloat16)
