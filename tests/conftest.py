@@ -57,6 +57,22 @@ def registry(settings: Settings) -> Iterator[Registry]:
         yield opened
 
 
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny random pipeline of tests/tiny.py, one per test module."""
+    from tiny import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def inv(pipe):
+    """C⁻¹ of the tiny pipeline's text encoder."""
+    from tiny import tiny_inverse_covariance
+
+    return tiny_inverse_covariance(pipe)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random pipeline of tests/tiny.py saved as a diffusers folder: a local base."""

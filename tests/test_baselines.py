@@ -13,7 +13,6 @@ from PIL import Image
 from tiny import (
     BASE_CAPTIONS,
     tiny_concept,
-    tiny_inverse_covariance,
     tiny_pipeline,
     token_id,
     word_encoding,
@@ -29,16 +28,6 @@ from perfusion_hub.training.images import read_image_folder
 from perfusion_hub.training.loop import train_loop
 from perfusion_hub.training.options import TrainOptions
 from perfusion_hub.training.progress import SilentReporter
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def inv(pipe):
-    return tiny_inverse_covariance(pipe)
 
 
 def baseline(pipe, name, method, seed=0, superclass="cat"):

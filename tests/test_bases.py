@@ -25,11 +25,6 @@ from perfusion_hub.errors import BaseModelError
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
 def stats(pipe):
     return compute_text_statistics(pipe.tokenizer, pipe.text_encoder, tiny_captions(200),
                                    batch_size=32, progress=False)

@@ -7,21 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_concept, tiny_inverse_covariance, tiny_pipeline
+from tiny import tiny_concept, tiny_pipeline
 
 from perfusion_hub.bases import fingerprint_pipeline
 from perfusion_hub.errors import ConflictError, IncompatibleBaseError
 from perfusion_hub.perfusion import ConceptState, PerfusionAttnProcessor, apply
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def inv(pipe):
-    return tiny_inverse_covariance(pipe)
 
 
 @pytest.fixture(scope="module")

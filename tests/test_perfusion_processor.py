@@ -6,22 +6,12 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_concept, tiny_inverse_covariance, tiny_pipeline, word_encoding
+from tiny import tiny_concept, tiny_pipeline, word_encoding
 
 from perfusion_hub.errors import PhubError
 from perfusion_hub.perfusion import ConceptState, apply
 from perfusion_hub.perfusion import math as pmath
 from perfusion_hub.perfusion.processor import PerfusionAttnProcessor
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def inv(pipe):
-    return tiny_inverse_covariance(pipe)
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_concept, tiny_pipeline, token_id, word_encoding
+from tiny import tiny_concept, token_id, word_encoding
 
 from perfusion_hub.bases import cross_attention_layers
 from perfusion_hub.errors import IncompatibleBaseError
 from perfusion_hub.perfusion import ConceptState
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
 
 
 def test_round_trip_through_concept(pipe):
