@@ -48,7 +48,7 @@ _LAZY = {
     "load_micro_clip": "perfusion_hub.micro.assets",
     "micro_pipeline_path": "perfusion_hub.micro.assets",
     "text_embeddings": "perfusion_hub.micro.assets",
-    "DEFAULT_MINUTES": "perfusion_hub.micro.recipe",
+    "DEFAULT_STEPS": "perfusion_hub.micro.recipe",
     "STAGES": "perfusion_hub.micro.recipe",
     "TRAIN_TEMPLATES": "perfusion_hub.micro.recipe",
     "train_base": "perfusion_hub.micro.recipe",
