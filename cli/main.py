@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli import base, compose, concepts, db, evaluate, history, train
+from cli import base, compose, concepts, db, evaluate, history, micro, train
 from cli.common import CliState, PhubGroup
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ compose.register(app)
 db.register(app)
 history.register(app)
 evaluate.register(app)
+micro.register(app)
 train.register(app)
 
 

@@ -23,6 +23,8 @@ Positions = Literal["content", "all"]
 POSITIONS: tuple[str, ...] = ("content", "all")
 RIDGE_CONDITION = 1e7
 METADATA_KEY = "perfusion_hub_statistics"
+# A base folder may ship its statistics under this name; registering it then skips computing C.
+SHIPPED_STATISTICS = "phub_statistics.safetensors"
 
 
 @dataclass

@@ -10,12 +10,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPModel, CLIPTokenizer
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
+from perfusion_hub.bases.captions import DEFAULT_COUNT
+from perfusion_hub.bases.statistics import (
+    SHIPPED_STATISTICS,
+    compute_text_statistics,
+    save_statistics,
+)
 from perfusion_hub.errors import PhubError
 from perfusion_hub.micro import models
 from perfusion_hub.micro.checker import Checker
 from perfusion_hub.micro.training import as_pixels
+from perfusion_hub.micro.world import caption_corpus
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 
@@ -81,9 +88,24 @@ def text_embeddings(model: CLIPModel, tok: CLIPTokenizer, texts: list[str]) -> t
     return F.normalize(models.pooled(model.get_text_features(input_ids=ids)), dim=-1)
 
 
-def install_assets(work: Path, dest: Path = ASSETS_DIR) -> dict[str, int]:
-    """Copy a finished `train_base` output into `dest` (fp16); returns bytes per component."""
-    work = Path(work)
+def ship_statistics(pipeline: Path, captions: int = DEFAULT_COUNT, progress: bool = True) -> str:
+    """Write the base's text statistics C, C⁻¹ into its pipeline folder (`SHIPPED_STATISTICS`),
+    computed as `phub base add` would (float32 text encoder, the micro caption corpus), so that
+    registering the base never recomputes them; returns their hash."""
+    tokenizer = CLIPTokenizer.from_pretrained(pipeline / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(pipeline / "text_encoder").float().eval()
+    stats = compute_text_statistics(tokenizer, encoder, caption_corpus(captions),
+                                    progress=progress)
+    save_statistics(stats, pipeline / SHIPPED_STATISTICS)
+    return stats.hash
+
+
+def install_assets(work: Path, dest: Path | None = None, captions: int = DEFAULT_COUNT,
+                   progress: bool = True) -> dict[str, int]:
+    """Copy a finished `train_base` output into `dest` (default: the package's `ASSETS_DIR`)
+    in fp16, with the pipeline's text statistics over `captions` captions; returns bytes per
+    component."""
+    work, dest = Path(work), Path(dest or ASSETS_DIR)
     for stage in ("clip", "unet", "checker"):
         if not (work / f"{stage}.done").exists():
             raise MicroAssetsMissingError(
@@ -93,6 +115,7 @@ def install_assets(work: Path, dest: Path = ASSETS_DIR) -> dict[str, int]:
     for name in ("pipeline", "checker"):
         shutil.rmtree(dest / name, ignore_errors=True)
         shutil.copytree(work / name, dest / name)
+    ship_statistics(dest / "pipeline", captions, progress)
     shutil.rmtree(dest / "clip", ignore_errors=True)
     CLIPModel.from_pretrained(work / "clip").half().save_pretrained(dest / "clip")
     CLIPTokenizer.from_pretrained(work / "clip").save_pretrained(dest / "clip")

@@ -28,7 +28,7 @@ from perfusion_hub.micro.training import (
     run_loop,
     warmup_cosine,
 )
-from perfusion_hub.micro.world import caption, random_scene, render
+from perfusion_hub.micro.world import CAPTION_DROP, caption, random_scene, render
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ P_EMPTY = 0.1
 # the text.
 OFFSET_NOISE = 0.2
 FOREGROUND_WEIGHT = 4.0
-CAPTION_DROP = 0.3
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "a {}",
     "a {} on a red background",

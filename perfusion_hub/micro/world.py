@@ -30,6 +30,8 @@ POSITIONS: tuple[str, ...] = ("left", "centre", "right")
 RELATIONS: tuple[str, ...] = ("on", "next to", "left of")
 EYE_COLOURS: tuple[str, ...] = ("black", "green", "blue", "yellow")
 LAYOUTS: tuple[str, ...] = ("single", "side", "stacked")
+# Rate at which training captions drop optional words, so short prompts are in distribution.
+CAPTION_DROP = 0.3
 # The instance-only part each category can carry in an accent colour.
 ACCENT_PARTS: dict[str, str] = {
     "cat": "collar",
@@ -529,6 +531,13 @@ def sample_scenes(n: int, seed: int, p_two: float = 0.4) -> list[SceneSpec]:
     """`n` random scenes, deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     return [random_scene(rng, p_two) for _ in range(n)]
+
+
+def caption_corpus(count: int, seed: int = 0) -> list[str]:
+    """Captions of `count` random scenes with words dropped as in training (`CAPTION_DROP`):
+    the micro base's corpus for its text statistics (its tokenizer knows only these words)."""
+    rng = np.random.default_rng(seed)
+    return [caption(scene, rng, p_drop=CAPTION_DROP) for scene in sample_scenes(count, seed)]
 
 
 def instance_images(

@@ -27,7 +27,7 @@ from perfusion_hub.bases import (
 from perfusion_hub.bases.captions import DEFAULT_COUNT
 from perfusion_hub.bases.fingerprint import FINGERPRINT_ATTRIBUTE, HASH_ATTRIBUTE
 from perfusion_hub.bases.source import MICRO
-from perfusion_hub.bases.statistics import read_statistics
+from perfusion_hub.bases.statistics import SHIPPED_STATISTICS, read_statistics
 from perfusion_hub.concepts import tensors_hash
 from perfusion_hub.errors import BaseModelError, NotFoundError
 from perfusion_hub.files import atomic_write_bytes
@@ -36,8 +36,6 @@ from perfusion_hub.registry.registry import Registry, slugify
 from perfusion_hub.settings import Settings
 
 DEFAULT_BASE_ENV = "PHUB_DEFAULT_BASE"
-SHIPPED_STATISTICS = "phub_statistics.safetensors"
-"""A base folder may carry its default statistics (the micro base does): used, not recomputed."""
 
 
 def register_base(registry: Registry, settings: Settings, source: str | Path,
@@ -101,12 +99,9 @@ def default_captions(architecture: str, count: int = DEFAULT_COUNT) -> list[str]
     """The corpus for a base's statistics: the micro world's own captions for the micro base
     (its tokenizer knows only that world's words), the built-in generator otherwise."""
     if architecture == "phub-micro":
-        import numpy as np
+        from perfusion_hub.micro.world import caption_corpus
 
-        from perfusion_hub.micro.world import caption, sample_scenes
-
-        rng = np.random.default_rng(0)
-        return [caption(scene, rng, p_drop=0.3) for scene in sample_scenes(count, seed=0)]
+        return caption_corpus(count)
     return generate_captions(count)
 
 

@@ -143,7 +143,8 @@ class Registry:
     def list(self, base: str | None = None, superclass: str | None = None) -> list[ConceptRecord]:
         """Registered concepts by name, optionally only those of one base or superclass.
 
-        Selects plain columns rather than ORM objects: `phub list` over 10,000 rows stays fast.
+        Selects plain columns on a Core connection rather than ORM objects: `phub list` over
+        10,000 rows stays fast.
         """
         statement = (select(*_CONCEPT_COLUMNS, BaseRow.name)
                      .join(BaseRow, ConceptRow.base_id == BaseRow.id))
@@ -151,9 +152,10 @@ class Registry:
             statement = statement.where(BaseRow.name == base)
         if superclass is not None:
             statement = statement.where(ConceptRow.superclass == superclass)
-        with self._reading() as session:
-            rows = session.execute(statement.order_by(ConceptRow.name, BaseRow.name)).all()
-            if base is not None and not rows:
+        with self.engine.connect() as connection:  # Core rows: no ORM loading per row
+            rows = connection.execute(statement.order_by(ConceptRow.name, BaseRow.name)).all()
+        if base is not None and not rows:
+            with self._reading() as session:
                 self._base_row(session, base)  # an unknown base is an error, not an empty list
         root = self.store.root
         return [

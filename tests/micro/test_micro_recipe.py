@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from typer.testing import CliRunner
 
+from cli.main import app
+from perfusion_hub.bases.statistics import SHIPPED_STATISTICS, read_statistics
 from perfusion_hub.errors import PhubError
+from perfusion_hub.micro import assets
 from perfusion_hub.micro.assets import (
     install_assets,
     load_checker,
@@ -70,10 +74,35 @@ def test_unet_needs_clip_and_vae(tmp_path: Path) -> None:
 
 def test_install_assets_make_a_loadable_bundle(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = tiny_run
-    sizes = install_assets(out, dest=tmp_path)
+    sizes = install_assets(out, dest=tmp_path, captions=200, progress=False)
     assert set(sizes) == {"pipeline", "clip", "checker"}
     assert micro_pipeline_path(tmp_path).name == "pipeline"
     model, tok = load_micro_clip(assets=tmp_path)
     assert model.dtype == torch.float32 and tok.model_max_length == 32
     assert load_checker(assets=tmp_path).read(torch.zeros(2, 3, 64, 64))[1].background
     assert json.loads((tmp_path / "training_report.json").read_text())["unet"]["steps"] == 2
+    tensors, meta = read_statistics(tmp_path / "pipeline" / SHIPPED_STATISTICS)
+    assert meta["captions"] == 200 and tensors["inverse_covariance"].shape == (32, 32)
+
+
+def test_cli_resumes_finished_stages_and_installs(
+    tiny_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, report = tiny_run
+    monkeypatch.setattr(assets, "ASSETS_DIR", tmp_path / "assets")
+    result = CliRunner().invoke(app, ["micro", "train-base", "--out", str(out), "--tiny",
+                                      "--install", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["report"] == json.loads(json.dumps(report))
+    assert set(printed["installed_bytes"]) == {"pipeline", "clip", "checker"}
+    assert (tmp_path / "assets" / "pipeline" / SHIPPED_STATISTICS).is_file()
+
+
+@pytest.mark.parametrize("args", [["--steps", "unet"], ["--steps", "gan=3"],
+                                  ["--minutes", "vae=soon"], ["--stage", "gan"]])
+def test_cli_refuses_bad_budgets(args: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["micro", "train-base", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert "clip, vae, unet, checker" in result.output
+    assert not any(tmp_path.iterdir())
