@@ -6,6 +6,7 @@ Two concepts are registered whose i* is the encoding of their own token in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,19 @@ def test_same_seed_gives_identical_pixels(world: World, tmp_path: Path) -> None:
         assert np.array_equal(pixels(image), pixels(copy))
     assert np.array_equal(pixels(first[1]), pixels(other[0]))  # image k uses seed + k
     assert not np.array_equal(pixels(first[0]), pixels(first[1]))
+
+
+@pytest.mark.parametrize("prompt", [PROMPT, "a <my-cat:lock=global> on a chair"])
+def test_a_batch_of_seeds_matches_single_renders(world: World, prompt: str) -> None:
+    loaded = world.hub.open_base(world.base)
+    request = ImageRequest(prompt, seed=3, steps=3)
+    with Renderer(world.hub.registry, loaded) as renderer:
+        batch = renderer.render_seeds(request, [3, 4, 5])
+        singles = [renderer.render(dataclasses.replace(request, seed=s)) for s in (3, 4, 5)]
+    for (image, params), (single, single_params) in zip(batch, singles, strict=True):
+        assert params == single_params
+        assert np.abs(pixels(image).astype(int) - pixels(single)).max() <= 2
+    assert not np.array_equal(pixels(batch[0][0]), pixels(batch[1][0]))
 
 
 def test_from_png_renders_the_same_pixels_and_metadata(world: World, tmp_path: Path) -> None:

@@ -174,17 +174,26 @@ class Renderer:
 
     def render(self, request: ImageRequest) -> tuple[Image.Image, RenderParameters]:
         """Render one image; the same request on the same machine gives the same pixels."""
+        return self.render_seeds(request, [request.seed])[0]
+
+    def render_seeds(self, request: ImageRequest,
+                     seeds: list[int]) -> list[tuple[Image.Image, RenderParameters]]:
+        """Render `request` once per seed in one batched pipeline call (each image has its own
+        seeded generator, so it matches the single render up to float rounding). Global
+        locking renders one seed at a time: its key encodings are laid out for one image."""
         import torch
 
         parsed = parse_prompt(request.prompt)
         resolved = self.resolve(parsed, request)
+        if len(seeds) > 1 and any(r.gate.lock == "global" for r in resolved):
+            return [self.render(dataclasses.replace(request, seed=seed)) for seed in seeds]
         self._install(resolved)
         pipe = self.pipe
         pipe.scheduler = self._scheduler(request.scheduler)
         steps = request.steps or self.default_steps
         guidance = self.default_guidance if request.guidance is None else request.guidance
         width, height = request.size or self.default_size
-        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = {}
         if self.edit is not None:
             kwargs = {"concept_betas": {r.name: r.gate.beta for r in resolved},
@@ -195,11 +204,11 @@ class Renderer:
         output = pipe(
             prompt=parsed.text, negative_prompt=request.negative or None,
             num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
-            generator=generator, output_type="pil", cross_attention_kwargs=kwargs or None,
+            num_images_per_prompt=len(seeds), generator=generators, output_type="pil",
+            cross_attention_kwargs=kwargs or None,
         )
-        image = output.images[0]
         params = RenderParameters(
-            prompt=request.prompt, negative_prompt=request.negative, seed=request.seed,
+            prompt=request.prompt, negative_prompt=request.negative, seed=seeds[0],
             steps=steps, guidance=guidance, width=width, height=height,
             scheduler=scheduler_spec(pipe.scheduler), base_name=self.base.name,
             base_fingerprint=self.base.fingerprint.to_json(),
@@ -208,7 +217,8 @@ class Renderer:
             dtype=str(pipe.unet.dtype).removeprefix("torch."), device=str(pipe.unet.device),
             versions=self._versions,
         )
-        return image, params
+        return [(image, dataclasses.replace(params, seed=seed))
+                for image, seed in zip(output.images, seeds, strict=True)]
 
     def _key_states(self, text: str, negative: str, guidance: float) -> Any:
         """Key-path encoding for global locking (method.md §3), laid out like the pipeline's."""

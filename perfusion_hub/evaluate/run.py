@@ -44,6 +44,8 @@ MICRO_ARCHITECTURE = "phub-micro"
 CSV_NAME = "results.csv"
 PLOT_NAME = "fidelity-vs-alignment.png"
 SUMMARY_NAME = "summary.json"
+RENDER_BATCH = 8
+"""Seeds rendered in one pipeline call (images match single renders up to float rounding)."""
 
 Progress = Callable[[int, int], None]
 
@@ -258,29 +260,32 @@ class _Rendered:
 def _render(hub: Any, loaded: Any, name: str, other: str | None, templates: list[Template],
             betas: tuple[float | None, ...], seeds: int, steps: int | None,
             guidance: float | None, out_dir: Path, progress: Progress | None) -> list[_Rendered]:
-    """Every template × seed × β on one loaded base; β is set for the evaluated concept only
-    (a second concept keeps its own). Each PNG carries its render parameters."""
+    """Every template × seed × β on one loaded base, seeds batched `RENDER_BATCH` at a time;
+    β is set for the evaluated concept only (a second concept keeps its own). Each PNG
+    carries its render parameters."""
     from perfusion_hub.compose.metadata import save_png
     from perfusion_hub.compose.prompt import GateOverrides
     from perfusion_hub.compose.session import ImageRequest, Renderer
 
-    jobs = [(beta, index, seed) for beta in betas for index in range(len(templates))
-            for seed in range(seeds)]
+    jobs = [(beta, index, list(range(start, min(start + RENDER_BATCH, seeds))))
+            for beta in betas for index in range(len(templates))
+            for start in range(0, seeds, RENDER_BATCH)]
+    total = len(betas) * len(templates) * seeds
     rendered = []
     with Renderer(hub.registry, loaded) as renderer:
-        for done, (beta, index, seed) in enumerate(jobs, start=1):
+        for beta, index, batch in jobs:
             template = templates[index]
             prompt = template.fill(name, other)
             gates = {name: GateOverrides(beta=beta)} if beta is not None else None
-            image, params = renderer.render(ImageRequest(prompt, seed, steps=steps,
-                                                         guidance=guidance, gates=gates))
-            used = next(c.beta for c in params.concepts if c.name == name)
-            path = out_dir / "images" / f"beta-{used:.2f}" / (
-                f"{index:02d}-{template.kind}-seed{seed}.png")
-            save_png(image, path, params)
-            rendered.append(_Rendered(template.kind, prompt, seed, used, image, path))
+            request = ImageRequest(prompt, batch[0], steps=steps, guidance=guidance, gates=gates)
+            for image, params in renderer.render_seeds(request, batch):
+                used = next(c.beta for c in params.concepts if c.name == name)
+                path = out_dir / "images" / f"beta-{used:.2f}" / (
+                    f"{index:02d}-{template.kind}-seed{params.seed}.png")
+                save_png(image, path, params)
+                rendered.append(_Rendered(template.kind, prompt, params.seed, used, image, path))
             if progress is not None:
-                progress(done, len(jobs))
+                progress(len(rendered), total)
     return rendered
 
 
