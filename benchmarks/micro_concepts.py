@@ -114,7 +114,7 @@ def main() -> None:
                                          steps=options.sample_steps,
                                          out=out / method / "sweep")
                 results[method]["sweep"] = [s.to_json() for s in swept.overall]
-                points = [Point(s.alignment, s.fidelity, f"β={s.beta:.2f}")
+                points = [Point(s.alignment, s.fidelity, f"beta={s.beta:.2f}")
                           for s in swept.overall
                           if s.alignment is not None and s.fidelity is not None]
             series.append(Series(method, tuple(points)))

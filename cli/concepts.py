@@ -14,7 +14,7 @@ import typer
 from cli.common import console, err_console, hub, print_json
 
 if TYPE_CHECKING:
-    from perfusion_hub.registry import ConceptRecord
+    from perfusion_hub.registry import ConceptSummary
 
 BaseOption = Annotated[
     str | None, typer.Option("--base", help="Base model name (when several bases use the name).")
@@ -192,7 +192,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _label(record: ConceptRecord) -> str:
+def _label(record: ConceptSummary) -> str:
     return f"{record.name!r} (base {record.base_name}, {record.content_hash[:12]})"
 
 

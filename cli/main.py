@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Annotated
 
@@ -47,4 +48,9 @@ train.register(app)
 
 def run() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # Exiting: spare the collector a last walk over every object the libraries created
+        # (a tenth of a second for `phub list`); memory goes back to the OS either way.
+        gc.freeze()

@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from perfusion_hub.compose import BatchSummary, RenderedImages
     from perfusion_hub.concepts import Concept
     from perfusion_hub.evaluate import DemoReport, EvalReport
-    from perfusion_hub.registry import BaseRecord, ConceptRecord, RenderRecord, VerifyReport
+    from perfusion_hub.registry import (
+        BaseRecord,
+        ConceptRecord,
+        ConceptSummary,
+        RenderRecord,
+        VerifyReport,
+    )
 
 
 class Hub:
@@ -42,7 +48,7 @@ class Hub:
     # -- registry (fast: no torch) -------------------------------------------------------------
 
     def list(self, base: str | None = None,
-             superclass: str | None = None) -> builtins.list[ConceptRecord]:
+             superclass: str | None = None) -> builtins.list[ConceptSummary]:
         """Registered concepts, optionally of one base or superclass."""
         return self.registry.list(base=base, superclass=superclass)
 

@@ -58,6 +58,8 @@ def test_import_list_show(home, concept_file):
     assert "my-cat" in table and "my-dog" in table
     shown = json.loads(ok(home, "show", "my-cat", "--json").stdout)
     assert shown["name"] == "my-cat" and shown["superclass"] == "cat"
+    assert {k: shown[k] for k in rows[0]} == rows[0]  # a listing row is the summary of `show`
+    assert "training" in shown and "training" not in rows[0]
     assert shown["content_hash"] == load_concept(concept_file("my-cat", seed=1))[1]
     text = ok(home, "show", "my-dog").stdout
     assert "my-dog" in text and "dog" in text and "seed=2" in text

@@ -41,7 +41,8 @@ def populate(registry: Registry) -> None:
 
 
 def snapshot(registry: Registry) -> tuple:
-    return ([r.to_json() for r in registry.list()], [b.to_json() for b in registry.list_bases()],
+    return ([registry.get(r.name, r.base_name).to_json() for r in registry.list()],
+            [b.to_json() for b in registry.list_bases()],
             [r.to_json() for r in registry.list_renders(limit=None)])
 
 

@@ -45,8 +45,8 @@ class BaseRecord:
 
 
 @dataclass(frozen=True)
-class ConceptRecord:
-    """A registered concept: its row in the registry and the stored file it points to."""
+class ConceptSummary:
+    """A registered concept as a listing shows it: identity, stored file, gate defaults."""
 
     id: int
     name: str
@@ -59,11 +59,7 @@ class ConceptRecord:
     size: int
     beta: float
     tau: float
-    training: dict[str, Any]
-    metrics: dict[str, Any]
-    tags: list[str]
     created: dt.datetime
-    updated: dt.datetime
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,12 +74,23 @@ class ConceptRecord:
             "size": self.size,
             "beta": self.beta,
             "tau": self.tau,
-            "training": self.training,
-            "metrics": self.metrics,
-            "tags": self.tags,
             "created": _iso(self.created),
-            "updated": _iso(self.updated),
         }
+
+
+@dataclass(frozen=True)
+class ConceptRecord(ConceptSummary):
+    """A registered concept in full: the summary plus its training configuration, metrics,
+    tags and last change."""
+
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    tags: list[str]
+    updated: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "training": self.training, "metrics": self.metrics,
+                "tags": self.tags, "updated": _iso(self.updated)}
 
 
 @dataclass(frozen=True)

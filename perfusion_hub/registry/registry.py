@@ -31,7 +31,13 @@ from perfusion_hub.errors import (
 from perfusion_hub.names import token_for, validate_name
 from perfusion_hub.registry import database
 from perfusion_hub.registry.models import BaseRow, ConceptRow, RenderRow, utcnow
-from perfusion_hub.registry.records import BaseRecord, ConceptRecord, RenderRecord, VerifyReport
+from perfusion_hub.registry.records import (
+    BaseRecord,
+    ConceptRecord,
+    ConceptSummary,
+    RenderRecord,
+    VerifyReport,
+)
 from perfusion_hub.registry.store import ConceptStore
 from perfusion_hub.settings import Settings
 
@@ -39,11 +45,10 @@ if TYPE_CHECKING:
     from perfusion_hub.concepts import BaseFingerprint, Concept
 
 T = TypeVar("T")
-_CONCEPT_COLUMNS = (
+_SUMMARY_COLUMNS = (
     ConceptRow.id, ConceptRow.name, ConceptRow.token, ConceptRow.superclass, ConceptRow.lock,
     ConceptRow.content_hash, ConceptRow.file_path, ConceptRow.size, ConceptRow.beta,
-    ConceptRow.tau, ConceptRow.training, ConceptRow.metrics, ConceptRow.tags, ConceptRow.created,
-    ConceptRow.updated,
+    ConceptRow.tau, ConceptRow.created,
 )
 _WRITE_ATTEMPTS = 3
 
@@ -140,13 +145,15 @@ class Registry:
 
     # -- concepts: queries -------------------------------------------------------------------
 
-    def list(self, base: str | None = None, superclass: str | None = None) -> list[ConceptRecord]:
+    def list(self, base: str | None = None,
+             superclass: str | None = None) -> list[ConceptSummary]:
         """Registered concepts by name, optionally only those of one base or superclass.
 
-        Selects plain columns on a Core connection rather than ORM objects: `phub list` over
+        Selects the summary's plain columns on a Core connection rather than ORM objects, and
+        leaves the JSON columns (training configuration, metrics) to `get`: `phub list` over
         10,000 rows stays fast.
         """
-        statement = (select(*_CONCEPT_COLUMNS, BaseRow.name)
+        statement = (select(*_SUMMARY_COLUMNS, BaseRow.name)
                      .join(BaseRow, ConceptRow.base_id == BaseRow.id))
         if base is not None:
             statement = statement.where(BaseRow.name == base)
@@ -159,11 +166,10 @@ class Registry:
                 self._base_row(session, base)  # an unknown base is an error, not an empty list
         root = self.store.root
         return [
-            ConceptRecord(id, name, token, superclass_, lock, base_name, content_hash,
-                          root / file_path, size, beta, tau, training or {}, metrics or {},
-                          list(tags or []), created, updated)
+            ConceptSummary(id, name, token, superclass_, lock, base_name, content_hash,
+                           root / file_path, size, beta, tau, created)
             for (id, name, token, superclass_, lock, content_hash, file_path, size, beta, tau,
-                 training, metrics, tags, created, updated, base_name) in rows
+                 created, base_name) in rows
         ]
 
     def get(self, name: str, base: str | None = None) -> ConceptRecord:
@@ -172,14 +178,14 @@ class Registry:
             row, base_name = self._find(session, name, base)
             return self._concept_record(row, base_name)
 
-    def load(self, record_or_name: ConceptRecord | str) -> Concept:
+    def load(self, record_or_name: ConceptSummary | str) -> Concept:
         """The stored concept, verified against its content hash, under its registered name."""
-        record = (record_or_name if isinstance(record_or_name, ConceptRecord)
+        record = (record_or_name if isinstance(record_or_name, ConceptSummary)
                   else self.get(record_or_name))
         concept = self._load_stored(record)
         return concept if concept.name == record.name else concept.renamed(record.name)
 
-    def _load_stored(self, record: ConceptRecord) -> Concept:
+    def _load_stored(self, record: ConceptSummary) -> Concept:
         """The concept exactly as stored (its name is the one it was imported with)."""
         from perfusion_hub.concepts import load_concept
 
