@@ -36,7 +36,8 @@ def train_base(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Work folder (default: <home>/micro-base); a run resumes from it.")] = None,
     stage: Annotated[list[str] | None, typer.Option(
-        "--stage", help="Stage to run, repeatable: clip, vae, unet, checker (default: all).")
+        "--stage", help="Stage to run, repeatable: clip, vae, unet, decoder, checker "
+        "(default: all).")
     ] = None,
     steps: Annotated[list[str] | None, typer.Option(
         "--steps", help="Step budget of a stage, STAGE=N, repeatable (default: the recipe's).")
@@ -54,7 +55,7 @@ def train_base(
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny models: a smoke test.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Train the micro base: CLIP, VAE, UNet and checker, seeded and resumable."""
+    """Train the micro base: CLIP, VAE, UNet, VAE decoder and checker; seeded, resumable."""
     from perfusion_hub.micro.assets import install_assets
     from perfusion_hub.micro.recipe import STAGES
     from perfusion_hub.micro.recipe import train_base as run_recipe

@@ -106,7 +106,7 @@ def install_assets(work: Path, dest: Path | None = None, captions: int = DEFAULT
     in fp16, with the pipeline's text statistics over `captions` captions; returns bytes per
     component."""
     work, dest = Path(work), Path(dest or ASSETS_DIR)
-    for stage in ("clip", "unet", "checker"):
+    for stage in ("clip", "unet", "decoder", "checker"):
         if not (work / f"{stage}.done").exists():
             raise MicroAssetsMissingError(
                 f"stage '{stage}' has not finished in {work}; run train_base first"
@@ -120,7 +120,8 @@ def install_assets(work: Path, dest: Path | None = None, captions: int = DEFAULT
     CLIPModel.from_pretrained(work / "clip").half().save_pretrained(dest / "clip")
     CLIPTokenizer.from_pretrained(work / "clip").save_pretrained(dest / "clip")
     report = {
-        s: json.loads((work / f"{s}.done").read_text()) for s in ("clip", "vae", "unet", "checker")
+        s: json.loads((work / f"{s}.done").read_text())
+        for s in ("clip", "vae", "unet", "decoder", "checker")
     }
     (dest / "training_report.json").write_text(json.dumps(report, indent=2))
     return {

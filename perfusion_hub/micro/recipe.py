@@ -32,9 +32,11 @@ from perfusion_hub.micro.world import CAPTION_DROP, caption, random_scene, rende
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("clip", "vae", "unet", "checker")
-# Step budgets of the shipped run; on a 2-core CPU they take about 9, 10, 85 and 14 minutes.
-DEFAULT_STEPS: dict[str, int] = {"clip": 500, "vae": 2600, "unet": 5000, "checker": 4000}
+STAGES: tuple[str, ...] = ("clip", "vae", "unet", "decoder", "checker")
+# Step budgets; on a 2-core CPU: about 11, 10, 125, 10 and 14 minutes.
+DEFAULT_STEPS: dict[str, int] = {
+    "clip": 500, "vae": 2600, "unet": 5000, "decoder": 900, "checker": 4000,
+}
 P_EMPTY = 0.1
 # SD's schedule leaves sqrt(0.0047) of the signal at t=T; on 16×16 latents the mean of the
 # noisy input then still reveals the background colour, which pure-noise sampling lacks, so
@@ -153,8 +155,7 @@ def train_vae(
 ) -> dict:
     """KL autoencoder on scenes; saves `work/vae` with its scaling factor.
 
-    Loss: MSE + L1/2, weighted 5× on object pixels (small objects carry the colours that
-    matter), + 1e-6·KL.
+    Loss: `_reconstruction_loss` + 1e-6·KL.
     """
     torch.manual_seed(seed)
     vae = models.make_vae(tiny).to(device)
@@ -162,20 +163,14 @@ def train_vae(
     batch = 8 if tiny else 16
 
     def step(i: int) -> float:
-        rng = np.random.default_rng([seed, 2, i])
-        imgs, masks = render([random_scene(rng) for _ in range(batch)], int(rng.integers(1 << 31)))
-        x = as_pixels(imgs, device)
-        fg = torch.from_numpy(masks.any(1)).to(device)[:, None].float()
-        weight = (1 + FOREGROUND_WEIGHT * fg) / (1 + FOREGROUND_WEIGHT * fg).mean()
+        x, weight = _scene_batch(np.random.default_rng([seed, 2, i]), batch, device)
         with autocast(device):
             dist = vae.encode(x).latent_dist
             gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
             z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, device=device)
             rec = vae.decode(z).sample.float()
         kl = dist.kl().mean() / x[0].numel()
-        err = rec - x
-        loss = (weight * (err.pow(2) + 0.5 * err.abs())).mean() + 1e-6 * kl
-        return optimiser_step(opt, vae, loss)
+        return optimiser_step(opt, vae, _reconstruction_loss(rec, x, weight) + 1e-6 * kl)
 
     steps = run_loop(
         "vae",
@@ -192,6 +187,78 @@ def train_vae(
     vae.save_pretrained(work / "vae")
     info = {"steps": steps, "psnr_db": psnr, "scaling_factor": scale}
     _mark(work, "vae", info)
+    return info
+
+
+def _scene_batch(
+    rng: np.random.Generator, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh scenes as pixels in [-1, 1] and per-pixel loss weights (objects weigh
+    1 + FOREGROUND_WEIGHT, normalised to mean 1)."""
+    imgs, masks = render([random_scene(rng) for _ in range(batch)], int(rng.integers(1 << 31)))
+    fg = 1 + FOREGROUND_WEIGHT * torch.from_numpy(masks.any(1)).to(device)[:, None].float()
+    return as_pixels(imgs, device), fg / fg.mean()
+
+
+def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted MSE + L1/2: small objects carry the colours that matter."""
+    err = rec - x
+    return (weight * (err.pow(2) + 0.5 * err.abs())).mean()
+
+
+def train_decoder(
+    work: Path,
+    budget: Budget,
+    device: torch.device,
+    seed: int = 0,
+    tiny: bool = False,
+    show: bool = True,
+) -> dict:
+    """Refine the VAE's decoder with its encoder frozen, so the latent space the UNet learned
+    stays exactly the same; saves `work/decoder` (the whole VAE) and re-exports
+    `work/pipeline` with it.
+
+    The joint VAE run stops while colours still drift (brown decodes greenish, black as dark
+    green); decoding is the cheaper half to keep training, and float32 here keeps the
+    colours that bf16 rounds.
+    """
+    for stage in ("vae", "unet"):
+        if not _done(work, stage):
+            raise StageError(f"stage '{stage}' has not finished in {work}; run it first")
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
+    vae.requires_grad_(False)
+    trained = [vae.decoder, vae.post_quant_conv]
+    for module in trained:
+        module.requires_grad_(True)
+    params = [p for module in trained for p in module.parameters()]
+    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    batch = 8 if tiny else 32
+    decoder = torch.nn.ModuleList(trained)
+
+    def step(i: int) -> float:
+        x, weight = _scene_batch(np.random.default_rng([seed, 5, i]), batch, device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        return optimiser_step(opt, decoder, _reconstruction_loss(rec, x, weight))
+
+    steps = run_loop(
+        "decoder",
+        {"model": decoder},
+        opt,
+        step,
+        budget,
+        warmup_cosine(3e-4, 50),
+        work / "decoder.ckpt",
+        show=show,
+    )
+    _, psnr = _vae_stats(vae, n=32 if tiny else 512, seed=seed + 99, device=device)
+    vae.save_pretrained(work / "decoder")
+    pipe = StableDiffusionPipeline.from_pretrained(work / "pipeline")
+    export_pipeline(work / "pipeline", pipe.tokenizer, pipe.text_encoder, vae, pipe.unet)
+    info = {"steps": steps, "psnr_db": psnr}
+    _mark(work, "decoder", info)
     return info
 
 
@@ -394,7 +461,8 @@ def train_base(
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    runners = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "checker": _train_checker}
+    runners = {"clip": train_clip, "vae": train_vae, "unet": train_unet,
+               "decoder": train_decoder, "checker": _train_checker}
     report: dict[str, dict] = {}
     for stage in (s for s in STAGES if s in stages):
         if resume and _done(work, stage):

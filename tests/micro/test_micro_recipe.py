@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -38,6 +38,20 @@ def test_every_stage_runs_and_reports(tiny_run: tuple[Path, dict]) -> None:
     assert 0.0 <= report["clip"]["retrieval_acc"] <= 1.0
     assert report["vae"]["scaling_factor"] > 0
     assert Checker.load(out / "checker").read(torch.zeros(1, 3, 64, 64))[0].layout
+
+
+def test_decoder_stage_keeps_the_latent_space(tiny_run: tuple[Path, dict]) -> None:
+    out, _ = tiny_run
+    joint = AutoencoderKL.from_pretrained(out / "vae")
+    refined = AutoencoderKL.from_pretrained(out / "decoder")
+    for part in ("encoder", "quant_conv"):
+        mine, theirs = getattr(refined, part).state_dict(), getattr(joint, part).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert not all(torch.equal(a, b) for a, b in zip(refined.decoder.parameters(),
+                                                      joint.decoder.parameters(), strict=True))
+    shipped = AutoencoderKL.from_pretrained(out / "pipeline" / "vae")
+    assert torch.equal(shipped.decoder.conv_out.weight.float(),
+                       refined.decoder.conv_out.weight.half().float())
 
 
 def test_tiny_pipeline_loads_and_renders(tiny_run: tuple[Path, dict]) -> None:
@@ -104,5 +118,5 @@ def test_cli_resumes_finished_stages_and_installs(
 def test_cli_refuses_bad_budgets(args: list[str], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["micro", "train-base", "--out", str(tmp_path), *args])
     assert result.exit_code == 2
-    assert "clip, vae, unet, checker" in result.output
+    assert all(stage in result.output for stage in STAGES)
     assert not any(tmp_path.iterdir())
