@@ -85,7 +85,8 @@ def load_pipeline(source: str | Path, device: str | torch.device = "cpu",
 def base_options(pipe_or_folder: Any) -> dict[str, Any]:
     """Options of a base: its optional `phub_base.json` over defaults.
 
-    Keys: name (or None), resolution (pixels), train_templates, scheduler (class name or None).
+    Keys: name (or None), resolution (pixels), train_templates, scheduler (class name or None),
+    and optionally the render defaults steps and guidance.
     """
     if isinstance(pipe_or_folder, (str, Path)):
         folder: Path | None = Path(pipe_or_folder)

@@ -38,6 +38,9 @@ DEFAULT_STEPS: dict[str, int] = {
     "clip": 500, "vae": 2600, "unet": 5000, "decoder": 900, "checker": 4000,
 }
 P_EMPTY = 0.1
+# Classifier-free guidance scale the micro base renders with by default (SD's 7.5 saturates
+# its flat colours).
+GUIDANCE = 5.0
 # SD's schedule leaves sqrt(0.0047) of the signal at t=T; on 16×16 latents the mean of the
 # noisy input then still reveals the background colour, which pure-noise sampling lacks, so
 # the model learns to ignore the caption's background. Per-channel offset noise makes it read
@@ -410,7 +413,8 @@ def export_pipeline(
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    meta = {"name": "micro", "resolution": models.RES, "train_templates": list(TRAIN_TEMPLATES)}
+    meta = {"name": "micro", "resolution": models.RES, "train_templates": list(TRAIN_TEMPLATES),
+            "guidance": GUIDANCE}
     (tmp / "phub_base.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
