@@ -1,6 +1,6 @@
 """Quality of the micro base, judged by the micro checker on held-out captions.
 
-    python benchmarks/micro_quality.py [--n 200] [--steps 30] [--guidance 4] [--out DIR]
+    python benchmarks/micro_quality.py [--n 200] [--steps 30] [--guidance 5] [--out DIR]
 
 Renders one-object and two-object captions the base never trained on (fresh seeds) and prints
 how often the checker finds the requested categories and colours. Targets (issue 6): category
@@ -24,6 +24,7 @@ from rich.table import Table
 
 from perfusion_hub.micro import load_checker, micro_pipeline_path
 from perfusion_hub.micro.checker import SceneReading, matches_caption
+from perfusion_hub.micro.recipe import GUIDANCE
 from perfusion_hub.micro.world import SceneSpec, caption, parse_caption, random_scene
 
 HELD_OUT_SEED = 777_001
@@ -87,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="renders per group")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=GUIDANCE)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument(
         "--pipeline", type=Path, default=None, help="default: the shipped micro base"

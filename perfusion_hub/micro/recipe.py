@@ -38,8 +38,8 @@ DEFAULT_STEPS: dict[str, int] = {
     "clip": 500, "vae": 2600, "unet": 5000, "decoder": 900, "checker": 4000,
 }
 P_EMPTY = 0.1
-# Classifier-free guidance scale the micro base renders with by default (SD's 7.5 saturates
-# its flat colours).
+# Classifier-free guidance scale the micro base renders with by default, and the one its
+# quality is measured at (benchmarks/micro_quality.py).
 GUIDANCE = 5.0
 # SD's schedule leaves sqrt(0.0047) of the signal at t=T; on 16×16 latents the mean of the
 # noisy input then still reveals the background colour, which pure-noise sampling lacks, so
