@@ -17,6 +17,7 @@ from perfusion_hub.evaluate.defaults import (
     DEFAULT_SAMPLE_STEPS,
     DEFAULT_SEEDS,
     DEFAULT_STEPS,
+    RENDER_BATCH,
 )
 
 
@@ -120,6 +121,9 @@ def eval_command(
         "--guidance", help="Guidance scale (default: the base's).")] = None,
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda, ... (default: the best available).")] = None,
+    batch: Annotated[int, typer.Option(
+        "--batch", help="Seeds rendered together (lower it if memory runs out).")
+    ] = RENDER_BATCH,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Measure a concept: fidelity to its training images and alignment with the prompt, over
@@ -128,7 +132,7 @@ def eval_command(
         report = hub(ctx).evaluate(
             concept, base=base, other=other, prompts=prompts, seeds=seeds, sweep=sweep,
             images=images, clip=clip, out=out, steps=steps, guidance=guidance, device=device,
-            progress=progress)
+            batch=batch, progress=progress)
     if as_json:
         print_json(report.to_json())
     else:

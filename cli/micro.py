@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -20,13 +21,14 @@ def parse_budgets(values: list[str], cast: type[int] | type[float], option: str,
     for value in values:
         stage, sep, amount = value.partition("=")
         try:
-            if not sep or stage not in stages:
+            number = cast(amount)
+            if not sep or stage not in stages or not 0 < number < math.inf:
                 raise ValueError
-            budgets[stage] = cast(amount)
         except ValueError:
             raise typer.BadParameter(
-                f"{value!r} is not STAGE=NUMBER with STAGE one of {', '.join(stages)} "
-                f"(e.g. {option} unet=5000)", param_hint=option) from None
+                f"{value!r} is not STAGE=NUMBER with a positive NUMBER and STAGE one of "
+                f"{', '.join(stages)} (e.g. {option} unet=5000)", param_hint=option) from None
+        budgets[stage] = number
     return budgets
 
 
@@ -43,7 +45,8 @@ def train_base(
         "--steps", help="Step budget of a stage, STAGE=N, repeatable (default: the recipe's).")
     ] = None,
     minutes: Annotated[list[str] | None, typer.Option(
-        "--minutes", help="Time cap of a stage, STAGE=MINUTES, repeatable.")] = None,
+        "--minutes", help="Time cap of a stage, STAGE=MINUTES, repeatable (its step budget "
+        "still applies).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the whole recipe.")] = 0,
     fresh: Annotated[bool, typer.Option(

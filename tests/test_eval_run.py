@@ -106,9 +106,14 @@ def test_eval_writes_csv_plot_summary_and_metrics(world: dict) -> None:
 def test_eval_prompts_file_and_default_images(world: dict, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a {} in the city\n")
-    report = world["hub"].evaluate("my-chair", clip=world["clip"], prompts=prompts, seeds=2,
-                                   steps=2, out=tmp_path / "out")
-    assert [(r.kind, r.seed) for r in report.rows] == [("custom", 0), ("custom", 1)]
+    calls: list[tuple[int, int]] = []
+    report = world["hub"].evaluate("my-chair", clip=world["clip"], prompts=prompts, seeds=3,
+                                   batch=2, steps=2, out=tmp_path / "out",
+                                   progress=lambda done, total: calls.append((done, total)))
+    assert [(r.kind, r.seed) for r in report.rows] == [("custom", 0), ("custom", 1),
+                                                         ("custom", 2)]
+    assert calls == [(2, 3), (3, 3)]  # one call per batch of seeds
+    assert len({r.image for r in report.rows}) == 3
     assert report.reference_images == world["root"] / "my-chair"
     assert report.headline.beta == pytest.approx(0.70)
 
@@ -122,6 +127,8 @@ def test_eval_refusals(world: dict, tmp_path: Path) -> None:
     refused = phub(hub, "eval", "my-cat", "--prompts", pair_only, "--clip", world["clip"])
     assert refused.exit_code == 1 and "--with" in refused.output
     assert phub(hub, "eval", "nobody", "--clip", world["clip"]).exit_code == 1
+    no_batch = phub(hub, "eval", "my-cat", "--batch", 0, "--clip", world["clip"])
+    assert no_batch.exit_code == 1 and "--batch" in no_batch.output
     with pytest.raises(PromptError, match="β only"):
         parse_betas("tau=0.1:0.2:2")
     assert parse_betas("beta=0.5:0.8:4") == (0.5, 0.6, 0.7, 0.8)

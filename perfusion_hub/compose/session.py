@@ -183,6 +183,8 @@ class Renderer:
         locking renders one seed at a time: its key encodings are laid out for one image."""
         import torch
 
+        if not seeds:
+            return []
         parsed = parse_prompt(request.prompt)
         resolved = self.resolve(parsed, request)
         if len(seeds) > 1 and any(r.gate.lock == "global" for r in resolved):

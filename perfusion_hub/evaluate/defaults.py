@@ -4,6 +4,9 @@ from __future__ import annotations
 
 DEFAULT_SEEDS = 4
 """Seeds per prompt and β in `phub eval`."""
+RENDER_BATCH = 8
+"""Seeds `phub eval` renders in one pipeline call (images match single renders up to float
+rounding, at most a level or two of 255)."""
 
 DEFAULT_STEPS = 150
 """Training steps per concept in `phub demo`."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from perfusion_hub.errors import PromptError, TrainingError
-from perfusion_hub.evaluate.defaults import DEFAULT_SEEDS
+from perfusion_hub.evaluate.defaults import DEFAULT_SEEDS, RENDER_BATCH
 from perfusion_hub.evaluate.metrics import (
     CSV_COLUMNS,
     EvalRow,
@@ -44,8 +44,6 @@ MICRO_ARCHITECTURE = "phub-micro"
 CSV_NAME = "results.csv"
 PLOT_NAME = "fidelity-vs-alignment.png"
 SUMMARY_NAME = "summary.json"
-RENDER_BATCH = 8
-"""Seeds rendered in one pipeline call (images match single renders up to float rounding)."""
 
 Progress = Callable[[int, int], None]
 
@@ -183,6 +181,7 @@ def evaluate_concept(
     steps: int | None = None,
     guidance: float | None = None,
     device: str | None = None,
+    batch: int = RENDER_BATCH,
     progress: Progress | None = None,
 ) -> EvalReport:
     """Evaluate concept `name`; see the module docstring. All options are checked, and the
@@ -193,6 +192,7 @@ def evaluate_concept(
 
     started = time.monotonic()
     check_positive_int(seeds, "--seeds", 1000)
+    check_positive_int(batch, "--batch", 1000)
     betas = parse_betas(sweep)
     record = hub.registry.get(name, base=base)
     concept = hub.registry.load(record)
@@ -218,8 +218,8 @@ def evaluate_concept(
         judge.add_concept(partner.name, partner.superclass, partner_images)
 
     loaded = hub.open_base(record.base_name, device=device)
-    rendered = _render(hub, loaded, name, other, templates, betas, seeds, steps, guidance,
-                       out_dir, progress)
+    rendered = _render(hub, loaded, name, other, templates, betas, seeds, batch, steps,
+                       guidance, out_dir, progress)
     images_out = [r.image for r in rendered]
     fidelity = fidelity_scores(judge.embed_images(images_out),
                                judge.embed_images(references.images))
@@ -258,27 +258,27 @@ class _Rendered:
 
 
 def _render(hub: Any, loaded: Any, name: str, other: str | None, templates: list[Template],
-            betas: tuple[float | None, ...], seeds: int, steps: int | None,
+            betas: tuple[float | None, ...], seeds: int, batch: int, steps: int | None,
             guidance: float | None, out_dir: Path, progress: Progress | None) -> list[_Rendered]:
-    """Every template × seed × β on one loaded base, seeds batched `RENDER_BATCH` at a time;
+    """Every template × seed × β on one loaded base, `batch` seeds per pipeline call;
     β is set for the evaluated concept only (a second concept keeps its own). Each PNG
     carries its render parameters."""
     from perfusion_hub.compose.metadata import save_png
     from perfusion_hub.compose.prompt import GateOverrides
     from perfusion_hub.compose.session import ImageRequest, Renderer
 
-    jobs = [(beta, index, list(range(start, min(start + RENDER_BATCH, seeds))))
+    jobs = [(beta, index, list(range(start, min(start + batch, seeds))))
             for beta in betas for index in range(len(templates))
-            for start in range(0, seeds, RENDER_BATCH)]
+            for start in range(0, seeds, batch)]
     total = len(betas) * len(templates) * seeds
     rendered = []
     with Renderer(hub.registry, loaded) as renderer:
-        for beta, index, batch in jobs:
+        for beta, index, chunk in jobs:
             template = templates[index]
             prompt = template.fill(name, other)
             gates = {name: GateOverrides(beta=beta)} if beta is not None else None
-            request = ImageRequest(prompt, batch[0], steps=steps, guidance=guidance, gates=gates)
-            for image, params in renderer.render_seeds(request, batch):
+            request = ImageRequest(prompt, chunk[0], steps=steps, guidance=guidance, gates=gates)
+            for image, params in renderer.render_seeds(request, chunk):
                 used = next(c.beta for c in params.concepts if c.name == name)
                 path = out_dir / "images" / f"beta-{used:.2f}" / (
                     f"{index:02d}-{template.kind}-seed{params.seed}.png")

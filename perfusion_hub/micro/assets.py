@@ -105,24 +105,23 @@ def install_assets(work: Path, dest: Path | None = None, captions: int = DEFAULT
     """Copy a finished `train_base` output into `dest` (default: the package's `ASSETS_DIR`)
     in fp16, with the pipeline's text statistics over `captions` captions; returns bytes per
     component."""
+    from perfusion_hub.micro.recipe import STAGES
+
     work, dest = Path(work), Path(dest or ASSETS_DIR)
-    for stage in ("clip", "unet", "decoder", "checker"):
+    for stage in STAGES:
         if not (work / f"{stage}.done").exists():
             raise MicroAssetsMissingError(
                 f"stage '{stage}' has not finished in {work}; run train_base first"
             )
+    ship_statistics(work / "pipeline", captions, progress)
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "checker"):
         shutil.rmtree(dest / name, ignore_errors=True)
         shutil.copytree(work / name, dest / name)
-    ship_statistics(dest / "pipeline", captions, progress)
     shutil.rmtree(dest / "clip", ignore_errors=True)
     CLIPModel.from_pretrained(work / "clip").half().save_pretrained(dest / "clip")
     CLIPTokenizer.from_pretrained(work / "clip").save_pretrained(dest / "clip")
-    report = {
-        s: json.loads((work / f"{s}.done").read_text())
-        for s in ("clip", "vae", "unet", "decoder", "checker")
-    }
+    report = {s: json.loads((work / f"{s}.done").read_text()) for s in STAGES}
     (dest / "training_report.json").write_text(json.dumps(report, indent=2))
     return {
         p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -1,4 +1,5 @@
-"""The seeded, resumable recipe that trains the micro base: CLIP, VAE, UNet, checker."""
+"""The seeded, resumable recipe that trains the micro base: CLIP, VAE, UNet, VAE decoder,
+checker."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from perfusion_hub.micro.world import CAPTION_DROP, caption, random_scene, rende
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "decoder", "checker")
+# The stages whose outputs each stage reads: rerunning one makes these later ones stale.
+READS: dict[str, tuple[str, ...]] = {"unet": ("clip", "vae"), "decoder": ("vae", "unet")}
 # Step budgets; on a 2-core CPU: about 11, 10, 125, 10 and 14 minutes.
 DEFAULT_STEPS: dict[str, int] = {
     "clip": 500, "vae": 2600, "unet": 5000, "decoder": 900, "checker": 4000,
@@ -451,8 +454,9 @@ def train_base(
     """Train the micro base's stages into `out_dir`, skipping finished ones when `resume`.
 
     `steps`/`minutes` override the per-stage budget (default: DEFAULT_STEPS; with both, a
-    stage stops at whichever comes first). Outputs:
-    `out_dir/clip`, `out_dir/vae`, `out_dir/pipeline` (the StableDiffusionPipeline folder) and
+    stage stops at whichever comes first). A stage that runs again makes the later stages
+    that read its output (`READS`) run again too. Outputs: `out_dir/clip`, `out_dir/vae`,
+    `out_dir/pipeline` (the StableDiffusionPipeline folder), `out_dir/decoder` and
     `out_dir/checker`; `install_assets(out_dir)` copies them into the package.
     """
     unknown = set(stages) - set(STAGES)
@@ -474,6 +478,10 @@ def train_base(
             continue
         if not resume:
             (work / f"{stage}.ckpt").unlink(missing_ok=True)
+        for later, inputs in READS.items():
+            if stage in inputs:
+                (work / f"{later}.done").unlink(missing_ok=True)
+                (work / f"{later}.ckpt").unlink(missing_ok=True)
         budget = Budget(
             minutes=(minutes or {}).get(stage),
             steps=(steps or {}).get(stage, DEFAULT_STEPS[stage]),

@@ -404,7 +404,7 @@ def _preview(pipe: Any, edit: Any, state: ConceptState, templates: tuple[str, ..
 
     device = pipe.unet.device
     prompt = fill(templates[0], state.token)
-    guidance = float(base_options.get("guidance_scale", 7.5))
+    guidance = float(base_options.get("guidance", 7.5))
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         kwargs = None
@@ -412,7 +412,7 @@ def _preview(pipe: Any, edit: Any, state: ConceptState, templates: tuple[str, ..
             kwargs = {"key_encoder_hidden_states":
                       edit.key_encoder_hidden_states(prompt, guidance=guidance > 1)}
         image = pipe(prompt, height=resolution, width=resolution, guidance_scale=guidance,
-                     num_inference_steps=int(base_options.get("num_inference_steps",
+                     num_inference_steps=int(base_options.get("steps",
                                                               PREVIEW_STEPS)),
                      generator=torch.Generator(device).manual_seed(seed),
                      cross_attention_kwargs=kwargs).images[0]

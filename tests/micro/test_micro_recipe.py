@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,18 @@ def test_a_checkpoint_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert first["checker"]["steps"] == 2 and more["checker"]["steps"] == 3
 
 
+def test_a_rerun_stage_makes_the_stages_reading_it_stale(
+    tiny_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = tiny_run
+    work = shutil.copytree(out, tmp_path / "work")
+    train_base(work, stages=("unet",), steps={"unet": 1}, resume=False, tiny=True, show=False)
+    assert (work / "unet.done").exists() and (work / "checker.done").exists()
+    assert not (work / "decoder.done").exists()
+    again = train_base(work, stages=("decoder",), steps={"decoder": 1}, tiny=True, show=False)
+    assert again["decoder"]["steps"] == 1 and (work / "decoder.done").exists()
+
+
 def test_unet_needs_clip_and_vae(tmp_path: Path) -> None:
     with pytest.raises(PhubError, match="clip"):
         train_base(tmp_path, stages=("unet",), steps={"unet": 1}, tiny=True, show=False)
@@ -114,7 +127,9 @@ def test_cli_resumes_finished_stages_and_installs(
 
 
 @pytest.mark.parametrize("args", [["--steps", "unet"], ["--steps", "gan=3"],
-                                  ["--minutes", "vae=soon"], ["--stage", "gan"]])
+                                  ["--steps", "unet=-1"], ["--steps", "unet=0"],
+                                  ["--minutes", "vae=soon"], ["--minutes", "vae=inf"],
+                                  ["--minutes", "vae=nan"], ["--stage", "gan"]])
 def test_cli_refuses_bad_budgets(args: list[str], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["micro", "train-base", "--out", str(tmp_path), *args])
     assert result.exit_code == 2
