@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "decoder", "checker")
 # The stages whose outputs each stage reads: rerunning one makes these later ones stale.
 READS: dict[str, tuple[str, ...]] = {"unet": ("clip", "vae"), "decoder": ("vae", "unet")}
-# Step budgets; on a 2-core CPU: about 11, 10, 125, 10 and 14 minutes.
+# Step budgets, those of the shipped base (its training_report.json); on a 2-core CPU about
+# 11, 9, 85, 13 and 5 minutes.
 DEFAULT_STEPS: dict[str, int] = {
-    "clip": 500, "vae": 2600, "unet": 5000, "decoder": 900, "checker": 4000,
+    "clip": 500, "vae": 2600, "unet": 4300, "decoder": 900, "checker": 1500,
 }
 P_EMPTY = 0.1
 # Classifier-free guidance scale the micro base renders with by default, and the one its
