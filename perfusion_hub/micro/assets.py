@@ -21,6 +21,7 @@ from perfusion_hub.bases.statistics import (
 from perfusion_hub.errors import PhubError
 from perfusion_hub.micro import models
 from perfusion_hub.micro.checker import Checker
+from perfusion_hub.micro.recipe import STAGES
 from perfusion_hub.micro.training import as_pixels
 from perfusion_hub.micro.world import caption_corpus
 
@@ -105,8 +106,6 @@ def install_assets(work: Path, dest: Path | None = None, captions: int = DEFAULT
     """Copy a finished `train_base` output into `dest` (default: the package's `ASSETS_DIR`)
     in fp16, with the pipeline's text statistics over `captions` captions; returns bytes per
     component."""
-    from perfusion_hub.micro.recipe import STAGES
-
     work, dest = Path(work), Path(dest or ASSETS_DIR)
     for stage in STAGES:
         if not (work / f"{stage}.done").exists():

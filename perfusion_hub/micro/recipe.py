@@ -86,6 +86,13 @@ def _mark(work: Path, stage: str, info: Mapping[str, object]) -> None:
     (work / f"{stage}.done").write_text(json.dumps(info, indent=2))
 
 
+def _require(work: Path, *stages: str) -> None:
+    """Refuse to start a stage before the stages whose outputs it reads have finished."""
+    for stage in stages:
+        if not _done(work, stage):
+            raise StageError(f"stage '{stage}' has not finished in {work}; run it first")
+
+
 # ----------------------------------------------------------------------------- CLIP
 
 
@@ -226,22 +233,15 @@ def train_decoder(
     `work/pipeline` with it.
 
     The joint VAE run stops while colours still drift (brown decodes greenish, black as dark
-    green); decoding is the cheaper half to keep training, and float32 here keeps the
-    colours that bf16 rounds.
+    green); decoding is the cheaper half to keep training.
     """
-    for stage in ("vae", "unet"):
-        if not _done(work, stage):
-            raise StageError(f"stage '{stage}' has not finished in {work}; run it first")
+    _require(work, *READS["decoder"])
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
     vae.requires_grad_(False)
-    trained = [vae.decoder, vae.post_quant_conv]
-    for module in trained:
-        module.requires_grad_(True)
-    params = [p for module in trained for p in module.parameters()]
-    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    decoder = torch.nn.ModuleList([vae.decoder, vae.post_quant_conv]).requires_grad_(True)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=3e-4, weight_decay=0.0)
     batch = 8 if tiny else 32
-    decoder = torch.nn.ModuleList(trained)
 
     def step(i: int) -> float:
         x, weight = _scene_batch(np.random.default_rng([seed, 5, i]), batch, device)
@@ -288,9 +288,7 @@ def _vae_stats(vae: AutoencoderKL, n: int, seed: int, device: torch.device) -> t
 def _load_clip_and_vae(
     work: Path, device: torch.device
 ) -> tuple[CLIPTokenizer, CLIPTextModel, AutoencoderKL]:
-    for stage in ("clip", "vae"):
-        if not _done(work, stage):
-            raise StageError(f"stage '{stage}' has not finished in {work}; run it first")
+    _require(work, *READS["unet"])
     tok = CLIPTokenizer.from_pretrained(work / "clip")
     te = models.text_encoder_from_clip(CLIPModel.from_pretrained(work / "clip")).to(device)
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval().requires_grad_(False)
