@@ -25,6 +25,7 @@ from perfusion_hub.micro.training import (
 from perfusion_hub.micro.world import (
     CATEGORIES,
     COLOUR_NAMES,
+    COLOURS,
     EYE_COLOURS,
     LAYOUTS,
     PATTERNS,
@@ -102,18 +103,40 @@ def targets(specs: Sequence[SceneSpec]) -> dict[str, np.ndarray]:
     return out
 
 
+class PaletteMaps(nn.Module):
+    """Per pixel, a soft assignment to the world's named colours: softmax(−‖x − c‖² / T).
+
+    With them, naming the colour of a part a few pixels wide (a collar, a door) only needs
+    the part found; from RGB alone a small CNN learns it last (accent and eye colour stayed
+    near their base rates while every other field was read right).
+    """
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 127.5 - 1.0
+        self.register_buffer("palette", palette[None, :, :, None, None], persistent=False)
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] → (B, colours, H, W)."""
+        dist = (x[:, None] - self.palette).pow(2).sum(2)
+        return torch.softmax(-dist / self.temperature, dim=1)
+
+
 class Checker(nn.Module):
-    """Conv net → 256 features → one linear head per scene field and per object slot."""
+    """RGB + palette maps → conv net → 256 features → one linear head per scene field and
+    per object slot."""
 
     def __init__(self, width: int = 32):
         super().__init__()
         w = width
+        self.palette = PaletteMaps()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(
-            *block(3, w),
+            *block(3 + len(COLOURS), w),
             *block(w, w),
             nn.MaxPool2d(2),
             *block(w, 2 * w),
@@ -134,7 +157,7 @@ class Checker(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 3, 64, 64) in [-1, 1] → logits; per-object heads shaped (B, 2, classes)."""
-        h = self.features(x)
+        h = self.features(torch.cat([x, self.palette(x.float()).to(x.dtype)], dim=1))
         out = {k: self.heads[k](h) for k in SCENE_HEADS}
         out |= {k: self.heads[k](h).view(len(x), 2, -1) for k in OBJECT_HEADS}
         return out

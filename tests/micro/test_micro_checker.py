@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from perfusion_hub.micro import world as w
 from perfusion_hub.micro.checker import (
     ObjectReading,
+    PaletteMaps,
     SceneReading,
     canonical_objects,
     matches_caption,
@@ -57,6 +59,15 @@ def test_matches_instance_checks_details() -> None:
     other_eyes = _obj("cat", me.colour, pattern=me.pattern, accent=me.accent, eyes="black")
     assert not matches_instance(other_eyes, me)
     assert matches_instance(other_eyes, me, details=False)
+
+
+def test_palette_maps_name_each_world_colour() -> None:
+    colours = np.array(list(w.COLOURS.values()), dtype=np.uint8)
+    pixels = torch.from_numpy(colours).float().T[None, :, :, None] / 127.5 - 1  # (1, 3, 10, 1)
+    maps = PaletteMaps()(pixels)[0, :, :, 0]  # (colour channel, pixel)
+    assert maps.shape == (len(w.COLOURS), len(w.COLOURS))
+    assert torch.allclose(maps.sum(0), torch.ones(len(w.COLOURS)))
+    assert (maps.argmax(0) == torch.arange(len(w.COLOURS))).all() and (maps.diagonal() > 0.99).all()
 
 
 @pytest.fixture(scope="module")
