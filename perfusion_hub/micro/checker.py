@@ -157,7 +157,7 @@ class Checker(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 3, 64, 64) in [-1, 1] → logits; per-object heads shaped (B, 2, classes)."""
-        h = self.features(torch.cat([x, self.palette(x.float()).to(x.dtype)], dim=1))
+        h = self.features(torch.cat([x, self.palette(x)], dim=1))
         out = {k: self.heads[k](h) for k in SCENE_HEADS}
         out |= {k: self.heads[k](h).view(len(x), 2, -1) for k in OBJECT_HEADS}
         return out

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "decoder", "checker")
 # The stages whose outputs each stage reads: rerunning one makes these later ones stale.
 READS: dict[str, tuple[str, ...]] = {"unet": ("clip", "vae"), "decoder": ("vae", "unet")}
-# Step budgets, those of the shipped base (its training_report.json); on a 2-core CPU about
-# 11, 9, 150, 13 and 17 minutes.
+# Step budgets, about those of the shipped base (its training_report.json has the exact
+# counts); on a 2-core CPU about 11, 9, 150, 13 and 17 minutes.
 DEFAULT_STEPS: dict[str, int] = {
     "clip": 500, "vae": 2600, "unet": 6700, "decoder": 900, "checker": 2000,
 }
