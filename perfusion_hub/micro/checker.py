@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from perfusion_hub.micro.recipe import BATCH, hardware
 from perfusion_hub.micro.training import (
     Budget,
+    Prefetch,
     as_pixels,
     autocast,
+    data_workers,
     optimiser_step,
     run_loop,
     warmup_cosine,
@@ -280,6 +284,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x + sigma * torch.randn(x.shape, generator=gen, device=x.device)
 
 
+def _labelled_scenes(i: int, seed: int, batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Batch `i` of the checker's training scenes (uint8) and their `targets`."""
+    rng = np.random.default_rng([seed, 4, i])
+    specs = [random_scene(rng) for _ in range(batch)]
+    imgs, _ = render(specs, seed=int(rng.integers(1 << 31)))
+    return imgs, targets(specs)
+
+
 def train_checker(
     work: Path,
     budget: Budget,
@@ -292,33 +304,34 @@ def train_checker(
     torch.manual_seed(seed)
     model = Checker(width=8 if tiny else 32).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    batch = 16 if tiny else 128
+    batch = BATCH[hardware(device, tiny)]["checker"]
 
-    def step(i: int) -> float:
-        rng = np.random.default_rng([seed, 4, i])
-        specs = [random_scene(rng) for _ in range(batch)]
-        imgs, _ = render(specs, seed=int(rng.integers(1 << 31)))
-        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
-        x = _augment(as_pixels(imgs, device), gen)
-        tgt = {k: torch.from_numpy(v).to(device) for k, v in targets(specs).items()}
-        model.train()
-        with autocast(device):
-            loss = model.loss(model(x), tgt)
-        return optimiser_step(opt, model, loss, clip=None)
+    with Prefetch(partial(_labelled_scenes, seed=seed, batch=batch),
+                  data_workers(device)) as batches:
 
-    steps = run_loop(
-        "checker",
-        {"model": model},
-        opt,
-        step,
-        budget,
-        warmup_cosine(2e-3, 30),
-        work / "checker.ckpt",
-        show=show,
-    )
+        def step(i: int) -> float:
+            imgs, labels = batches[i]
+            gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+            x = _augment(as_pixels(imgs, device), gen)
+            tgt = {k: torch.from_numpy(v).to(device) for k, v in labels.items()}
+            model.train()
+            with autocast(device):
+                loss = model.loss(model(x), tgt)
+            return optimiser_step(opt, model, loss, clip=None)
+
+        steps = run_loop(
+            "checker",
+            {"model": model},
+            opt,
+            step,
+            budget,
+            warmup_cosine(2e-3, 30),
+            work / "checker.ckpt",
+            show=show,
+        )
     acc = evaluate_checker(model, n=64 if tiny else 1000, seed=seed + 99)
     model.save(work / "checker")
-    info = {"steps": steps, "accuracy": acc}
+    info = {"steps": steps, "batch": batch, "accuracy": acc}
     (work / "checker.done").write_text(json.dumps(info, indent=2))
     return info
 

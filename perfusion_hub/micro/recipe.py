@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,10 @@ from perfusion_hub.micro import models
 from perfusion_hub.micro.tokenizer import build_tokenizer, tokenize
 from perfusion_hub.micro.training import (
     Budget,
+    Prefetch,
     as_pixels,
     autocast,
+    data_workers,
     optimiser_step,
     pick_device,
     run_loop,
@@ -41,6 +44,15 @@ READS: dict[str, tuple[str, ...]] = {"unet": ("clip", "vae"), "decoder": ("vae",
 DEFAULT_STEPS: dict[str, int] = {
     "clip": 500, "vae": 2600, "unet": 6700, "decoder": 900, "checker": 2000,
 }
+# Scenes per step on a CPU, and beside a GPU (fed by `data_workers` processes); tiny runs
+# are smoke tests.
+BATCH: dict[str, dict[str, int]] = {
+    "cpu": {"clip": 256, "vae": 16, "unet": 64, "decoder": 32, "checker": 128},
+    "gpu": {"clip": 1024, "vae": 64, "unet": 512, "decoder": 128, "checker": 512},
+    "tiny": {"clip": 16, "vae": 8, "unet": 8, "decoder": 8, "checker": 16},
+}
+# Scenes whose latents the UNet trains on (encoded once, before its first step).
+POOL: dict[str, int] = {"cpu": 40_000, "gpu": 200_000, "tiny": 64}
 P_EMPTY = 0.1
 # Classifier-free guidance scale the micro base renders with by default, and the one its
 # quality is measured at (benchmarks/micro_quality.py).
@@ -72,10 +84,33 @@ class StageError(PhubError):
     """A stage that cannot run because an earlier stage has not produced its output."""
 
 
+def hardware(device: torch.device, tiny: bool = False) -> str:
+    """The key of `BATCH` and `POOL` for a run on `device`."""
+    return "tiny" if tiny else "cpu" if device.type == "cpu" else "gpu"
+
+
 def _scenes(rng: np.random.Generator, n: int, seed: int) -> tuple[list, np.ndarray]:
     specs = [random_scene(rng) for _ in range(n)]
     imgs, _ = render(specs, seed=seed)
     return specs, imgs
+
+
+def _captioned_scenes(
+    i: int, seed: int, stream: int, batch: int, tok: CLIPTokenizer, variants: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch `i` of `stream`: scenes (uint8) and token ids (batch, variants, context) of
+    `variants` captions each, some words dropped (`CAPTION_DROP`)."""
+    rng = np.random.default_rng([seed, stream, i])
+    specs, imgs = _scenes(rng, batch, seed=int(rng.integers(1 << 31)))
+    caps = [caption(s, rng, p_drop=CAPTION_DROP) for s in specs for _ in range(variants)]
+    return imgs, np.asarray(tokenize(tok, caps)).reshape(batch, variants, -1)
+
+
+def _object_scenes(i: int, seed: int, stream: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch `i` of `stream`: scenes (uint8) and where objects are (bool, batch × H × W)."""
+    rng = np.random.default_rng([seed, stream, i])
+    imgs, masks = render([random_scene(rng) for _ in range(batch)], int(rng.integers(1 << 31)))
+    return imgs, masks.any(1)
 
 
 def _done(work: Path, stage: str) -> bool:
@@ -109,32 +144,33 @@ def train_clip(
     tok = build_tokenizer()
     model = models.make_clip(tok, tiny).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    batch = 16 if tiny else 256
+    batch = BATCH[hardware(device, tiny)]["clip"]
+    draw = partial(_captioned_scenes, seed=seed, stream=1, batch=batch, tok=tok)
 
-    def step(i: int) -> float:
-        rng = np.random.default_rng([seed, 1, i])
-        specs, imgs = _scenes(rng, batch, seed=int(rng.integers(1 << 31)))
-        ids = torch.tensor(
-            tokenize(tok, [caption(s, rng, p_drop=CAPTION_DROP) for s in specs]), device=device
+    with Prefetch(draw, data_workers(device)) as batches:
+
+        def step(i: int) -> float:
+            imgs, ids = batches[i]
+            ids = torch.from_numpy(ids[:, 0]).to(device)
+            with autocast(device):
+                pixels = as_pixels(imgs, device)
+                loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+            return optimiser_step(opt, model, loss)
+
+        steps = run_loop(
+            "clip",
+            {"model": model},
+            opt,
+            step,
+            budget,
+            warmup_cosine(1e-3, 30),
+            work / "clip.ckpt",
+            show=show,
         )
-        with autocast(device):
-            loss = model(input_ids=ids, pixel_values=as_pixels(imgs, device), return_loss=True).loss
-        return optimiser_step(opt, model, loss)
-
-    steps = run_loop(
-        "clip",
-        {"model": model},
-        opt,
-        step,
-        budget,
-        warmup_cosine(1e-3, 30),
-        work / "clip.ckpt",
-        show=show,
-    )
     acc = clip_retrieval(model, tok, n=64 if tiny else 512, seed=seed + 99, device=device)
     model.save_pretrained(work / "clip")
     tok.save_pretrained(work / "clip")
-    info = {"steps": steps, "retrieval_acc": acc}
+    info = {"steps": steps, "batch": batch, "retrieval_acc": acc}
     _mark(work, "clip", info)
     return info
 
@@ -174,43 +210,45 @@ def train_vae(
     torch.manual_seed(seed)
     vae = models.make_vae(tiny).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    batch = 8 if tiny else 16
+    batch = BATCH[hardware(device, tiny)]["vae"]
+    draw = partial(_object_scenes, seed=seed, stream=2, batch=batch)
 
-    def step(i: int) -> float:
-        x, weight = _scene_batch(np.random.default_rng([seed, 2, i]), batch, device)
-        with autocast(device):
-            dist = vae.encode(x).latent_dist
-            gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
-            z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, device=device)
-            rec = vae.decode(z).sample.float()
-        kl = dist.kl().mean() / x[0].numel()
-        return optimiser_step(opt, vae, _reconstruction_loss(rec, x, weight) + 1e-6 * kl)
+    with Prefetch(draw, data_workers(device)) as batches:
 
-    steps = run_loop(
-        "vae",
-        {"model": vae},
-        opt,
-        step,
-        budget,
-        warmup_cosine(1e-3, 50),
-        work / "vae.ckpt",
-        show=show,
-    )
+        def step(i: int) -> float:
+            x, weight = _weighted_pixels(*batches[i], device)
+            with autocast(device):
+                dist = vae.encode(x).latent_dist
+                gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+                noise = torch.randn(dist.mean.shape, generator=gen, device=device)
+                rec = vae.decode(dist.mean + dist.std * noise).sample.float()
+            kl = dist.kl().mean() / x[0].numel()
+            return optimiser_step(opt, vae, _reconstruction_loss(rec, x, weight) + 1e-6 * kl)
+
+        steps = run_loop(
+            "vae",
+            {"model": vae},
+            opt,
+            step,
+            budget,
+            warmup_cosine(1e-3, 50),
+            work / "vae.ckpt",
+            show=show,
+        )
     scale, psnr = _vae_stats(vae, n=32 if tiny else 512, seed=seed + 99, device=device)
     vae.register_to_config(scaling_factor=scale)
     vae.save_pretrained(work / "vae")
-    info = {"steps": steps, "psnr_db": psnr, "scaling_factor": scale}
+    info = {"steps": steps, "batch": batch, "psnr_db": psnr, "scaling_factor": scale}
     _mark(work, "vae", info)
     return info
 
 
-def _scene_batch(
-    rng: np.random.Generator, batch: int, device: torch.device
+def _weighted_pixels(
+    imgs: np.ndarray, foreground: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh scenes as pixels in [-1, 1] and per-pixel loss weights (objects weigh
+    """Scenes as pixels in [-1, 1] and per-pixel loss weights (objects weigh
     1 + FOREGROUND_WEIGHT, normalised to mean 1)."""
-    imgs, masks = render([random_scene(rng) for _ in range(batch)], int(rng.integers(1 << 31)))
-    fg = 1 + FOREGROUND_WEIGHT * torch.from_numpy(masks.any(1)).to(device)[:, None].float()
+    fg = 1 + FOREGROUND_WEIGHT * torch.from_numpy(foreground).to(device)[:, None].float()
     return as_pixels(imgs, device), fg / fg.mean()
 
 
@@ -241,30 +279,33 @@ def train_decoder(
     vae.requires_grad_(False)
     decoder = torch.nn.ModuleList([vae.decoder, vae.post_quant_conv]).requires_grad_(True)
     opt = torch.optim.AdamW(decoder.parameters(), lr=3e-4, weight_decay=0.0)
-    batch = 8 if tiny else 32
+    batch = BATCH[hardware(device, tiny)]["decoder"]
+    draw = partial(_object_scenes, seed=seed, stream=5, batch=batch)
 
-    def step(i: int) -> float:
-        x, weight = _scene_batch(np.random.default_rng([seed, 5, i]), batch, device)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
-        rec = vae.decode(z).sample
-        return optimiser_step(opt, decoder, _reconstruction_loss(rec, x, weight))
+    with Prefetch(draw, data_workers(device)) as batches:
 
-    steps = run_loop(
-        "decoder",
-        {"model": decoder},
-        opt,
-        step,
-        budget,
-        warmup_cosine(3e-4, 50),
-        work / "decoder.ckpt",
-        show=show,
-    )
+        def step(i: int) -> float:
+            x, weight = _weighted_pixels(*batches[i], device)
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.mean
+            rec = vae.decode(z).sample
+            return optimiser_step(opt, decoder, _reconstruction_loss(rec, x, weight))
+
+        steps = run_loop(
+            "decoder",
+            {"model": decoder},
+            opt,
+            step,
+            budget,
+            warmup_cosine(3e-4, 50),
+            work / "decoder.ckpt",
+            show=show,
+        )
     _, psnr = _vae_stats(vae, n=32 if tiny else 512, seed=seed + 99, device=device)
     vae.save_pretrained(work / "decoder")
     pipe = StableDiffusionPipeline.from_pretrained(work / "pipeline")
     export_pipeline(work / "pipeline", pipe.tokenizer, pipe.text_encoder, vae, pipe.unet)
-    info = {"steps": steps, "psnr_db": psnr}
+    info = {"steps": steps, "batch": batch, "psnr_db": psnr}
     _mark(work, "decoder", info)
     return info
 
@@ -305,17 +346,19 @@ def _latent_pool(
     device: torch.device,
     show: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scaled latents (n, 4, 16, 16) fp16 and caption ids (n, variants, 32) of `n` scenes."""
-    rng = np.random.default_rng([seed, 3])
+    """Scaled latents (n, 4, 16, 16) fp16 and caption ids (n, variants, 32) of `n` scenes
+    (`n` rounded up to whole chunks of 256)."""
+    chunk = min(256, n)
+    draw = partial(_captioned_scenes, seed=seed, stream=3, batch=chunk, tok=tok,
+                   variants=variants)
     lat, ids = [], []
-    chunk = 256
-    for start in track(range(0, n, chunk), description="latents", disable=not show):
-        specs, imgs = _scenes(rng, min(chunk, n - start), seed=int(rng.integers(1 << 31)))
-        with autocast(device):
-            z = vae.encode(as_pixels(imgs, device)).latent_dist.mean.float()
-        lat.append((z * vae.config.scaling_factor).half().cpu())
-        caps = [caption(s, rng, p_drop=CAPTION_DROP) for s in specs for _ in range(variants)]
-        ids.append(torch.tensor(tokenize(tok, caps)).view(len(specs), variants, -1))
+    with Prefetch(draw, data_workers(device)) as chunks:
+        for k in track(range(-(-n // chunk)), description="latents", disable=not show):
+            imgs, chunk_ids = chunks[k]
+            with autocast(device):
+                z = vae.encode(as_pixels(imgs, device)).latent_dist.mean.float()
+            lat.append((z * vae.config.scaling_factor).half().cpu())
+            ids.append(torch.from_numpy(chunk_ids))
     return torch.cat(lat), torch.cat(ids)
 
 
@@ -338,12 +381,14 @@ def train_unet(
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
     weight = torch.clamp(snr, max=5.0) / snr
-    n = pool_size or (64 if tiny else 40_000)
-    lat, ids = _latent_pool(vae, tok, n, variants=3, seed=seed, device=device, show=show)
+    lat, ids = _latent_pool(vae, tok, pool_size or POOL[hardware(device, tiny)], variants=3,
+                            seed=seed, device=device, show=show)
     lat, ids = lat.to(device), ids.to(device)
+    n = len(lat)
     empty = torch.tensor(tokenize(tok, [""]), device=device)[0]
     opt = torch.optim.AdamW(unet.parameters(), lr=6e-4, weight_decay=0.01)
-    batch = 8 if tiny else 64
+    batch = BATCH[hardware(device, tiny)]["unet"]
+    ema_params, params = list(ema.parameters()), list(unet.parameters())
 
     def step(i: int) -> float:
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
@@ -367,8 +412,7 @@ def train_unet(
         value = optimiser_step(opt, unet, loss)
         decay = min(0.999, (1 + i) / (10 + i))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         return value
 
     def export() -> None:

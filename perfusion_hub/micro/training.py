@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +39,54 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+T = TypeVar("T")
+
+
+def data_workers(device: torch.device) -> int:
+    """Processes that draw scenes ahead of training: none on a CPU, whose cores do the
+    training, most of the host's cores beside a GPU (drawing scenes is what limits it)."""
+    return 0 if device.type == "cpu" else max(1, min(14, (os.cpu_count() or 2) - 2))
+
+
+class Prefetch(Generic[T]):
+    """`batches[i]` is `make(i)`, computed up to `depth` indices ahead by `workers` processes
+    (inline when 0); any index can be asked for, so a resumed loop just asks for its step.
+
+    `make` must be picklable (a module-level function or a `functools.partial` of one).
+    """
+
+    def __init__(self, make: Callable[[int], T], workers: int, depth: int | None = None):
+        self.make = make
+        self.depth = depth or 3 * workers
+        self.pending: dict[int, Future[T]] = {}
+        self.pool = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 0
+            else None
+        )
+
+    def __getitem__(self, i: int) -> T:
+        if self.pool is None:
+            return self.make(i)
+        for stale in [k for k in self.pending if not i <= k < i + self.depth]:
+            self.pending.pop(stale).cancel()
+        for k in range(i, i + self.depth):
+            if k not in self.pending:
+                self.pending[k] = self.pool.submit(self.make, k)
+        return self.pending.pop(i).result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> Prefetch[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def optimiser_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor,
