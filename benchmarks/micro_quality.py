@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from perfusion_hub.micro import load_checker, micro_pipeline_path
-from perfusion_hub.micro.checker import SceneReading, matches_caption
+from perfusion_hub.micro.checker import SceneReading, matches_caption, round_trip
 from perfusion_hub.micro.recipe import GUIDANCE
 from perfusion_hub.micro.training import as_pixels
 from perfusion_hub.micro.world import SceneSpec, caption, complete, parse_caption, random_scene
@@ -63,7 +63,6 @@ def render(
     return images
 
 
-@torch.no_grad()
 def vae_round_trip(
     pipe: StableDiffusionPipeline, prompts: list[str], seed: int
 ) -> list[Image.Image]:
@@ -71,8 +70,7 @@ def vae_round_trip(
     base's VAE: the best the base's renders can look to the checker."""
     rng = np.random.default_rng(seed)
     pixels, _ = world_render([complete(parse_caption(p), rng) for p in prompts], seed=seed)
-    x = as_pixels(pixels).to(pipe.vae.dtype)
-    decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+    decoded = round_trip(pipe.vae, as_pixels(pixels).to(pipe.vae.dtype))
     return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 

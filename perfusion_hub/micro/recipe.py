@@ -38,11 +38,17 @@ log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "decoder", "checker")
 # The stages whose outputs each stage reads: rerunning one makes these later ones stale.
-READS: dict[str, tuple[str, ...]] = {"unet": ("clip", "vae"), "decoder": ("vae", "unet")}
-# Step budgets, about those of the shipped base (its training_report.json has the exact
-# counts); on a 2-core CPU about 11, 9, 150, 13 and 17 minutes.
-DEFAULT_STEPS: dict[str, int] = {
-    "clip": 500, "vae": 2600, "unet": 6700, "decoder": 900, "checker": 2000,
+READS: dict[str, tuple[str, ...]] = {
+    "unet": ("clip", "vae"), "decoder": ("vae", "unet"), "checker": ("decoder",),
+}
+# Step budgets per hardware (with `BATCH`'s batch sizes). The shipped base is the "gpu"
+# recipe on one H100 (CLIP, UNet, decoder and checker in about 10 minutes; its VAE is the
+# "cpu" one); its training_report.json has the exact counts. The "cpu" recipe takes about
+# 11, 9, 150, 13 and 17 minutes on a 2-core CPU.
+DEFAULT_STEPS: dict[str, dict[str, int]] = {
+    "cpu": {"clip": 500, "vae": 2600, "unet": 6700, "decoder": 900, "checker": 2000},
+    "gpu": {"clip": 960, "vae": 1000, "unet": 3450, "decoder": 550, "checker": 3600},
+    "tiny": dict.fromkeys(STAGES, 20),
 }
 # Scenes per step on a CPU, and beside a GPU (fed by `data_workers` processes); tiny runs
 # are smoke tests.
@@ -121,7 +127,7 @@ def _mark(work: Path, stage: str, info: Mapping[str, object]) -> None:
     (work / f"{stage}.done").write_text(json.dumps(info, indent=2))
 
 
-def _require(work: Path, *stages: str) -> None:
+def require_stages(work: Path, *stages: str) -> None:
     """Refuse to start a stage before the stages whose outputs it reads have finished."""
     for stage in stages:
         if not _done(work, stage):
@@ -273,7 +279,7 @@ def train_decoder(
     The joint VAE run stops while colours still drift (brown decodes greenish, black as dark
     green); decoding is the cheaper half to keep training.
     """
-    _require(work, *READS["decoder"])
+    require_stages(work, *READS["decoder"])
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
     vae.requires_grad_(False)
@@ -329,7 +335,7 @@ def _vae_stats(vae: AutoencoderKL, n: int, seed: int, device: torch.device) -> t
 def _load_clip_and_vae(
     work: Path, device: torch.device
 ) -> tuple[CLIPTokenizer, CLIPTextModel, AutoencoderKL]:
-    _require(work, *READS["unet"])
+    require_stages(work, *READS["unet"])
     tok = CLIPTokenizer.from_pretrained(work / "clip")
     te = models.text_encoder_from_clip(CLIPModel.from_pretrained(work / "clip")).to(device)
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval().requires_grad_(False)
@@ -496,11 +502,12 @@ def train_base(
 ) -> dict[str, dict]:
     """Train the micro base's stages into `out_dir`, skipping finished ones when `resume`.
 
-    `steps`/`minutes` override the per-stage budget (default: DEFAULT_STEPS; with both, a
-    stage stops at whichever comes first). A stage that runs again makes the later stages
-    that read its output (`READS`) run again too. Outputs: `out_dir/clip`, `out_dir/vae`,
-    `out_dir/pipeline` (the StableDiffusionPipeline folder), `out_dir/decoder` and
-    `out_dir/checker`; `install_assets(out_dir)` copies them into the package.
+    `steps`/`minutes` override the per-stage budget (default: DEFAULT_STEPS for the
+    hardware; with both, a stage stops at whichever comes first). A stage that runs again
+    makes the later stages that read its output (`READS`) run again too. Outputs:
+    `out_dir/clip`, `out_dir/vae`, `out_dir/pipeline` (the StableDiffusionPipeline folder),
+    `out_dir/decoder` and `out_dir/checker`; `install_assets(out_dir)` copies them into the
+    package.
     """
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -527,7 +534,7 @@ def train_base(
                 (work / f"{later}.ckpt").unlink(missing_ok=True)
         budget = Budget(
             minutes=(minutes or {}).get(stage),
-            steps=(steps or {}).get(stage, DEFAULT_STEPS[stage]),
+            steps=(steps or {}).get(stage, DEFAULT_STEPS[hardware(dev, tiny)][stage]),
         )
         report[stage] = runners[stage](work, budget, dev, seed=seed, tiny=tiny, show=show)
         log.info("micro %s: %s", stage, report[stage])

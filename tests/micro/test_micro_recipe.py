@@ -38,6 +38,7 @@ def test_every_stage_runs_and_reports(tiny_run: tuple[Path, dict]) -> None:
     assert all(report[s]["steps"] == 2 for s in STAGES)
     assert 0.0 <= report["clip"]["retrieval_acc"] <= 1.0
     assert report["vae"]["scaling_factor"] > 0
+    assert set(report["checker"]["accuracy_through_vae"]) == set(report["checker"]["accuracy"])
     assert Checker.load(out / "checker").read(torch.zeros(1, 3, 64, 64))[0].layout
 
 
@@ -74,10 +75,10 @@ def test_resume_skips_finished_stages(tiny_run: tuple[Path, dict]) -> None:
 
 
 def test_a_checkpoint_resumes_where_it_stopped(tmp_path: Path) -> None:
-    first = train_base(tmp_path, stages=("checker",), steps={"checker": 2}, tiny=True, show=False)
-    (tmp_path / "checker.done").unlink()
-    more = train_base(tmp_path, stages=("checker",), steps={"checker": 3}, tiny=True, show=False)
-    assert first["checker"]["steps"] == 2 and more["checker"]["steps"] == 3
+    first = train_base(tmp_path, stages=("vae",), steps={"vae": 2}, tiny=True, show=False)
+    (tmp_path / "vae.done").unlink()
+    more = train_base(tmp_path, stages=("vae",), steps={"vae": 3}, tiny=True, show=False)
+    assert first["vae"]["steps"] == 2 and more["vae"]["steps"] == 3
 
 
 def test_a_rerun_stage_makes_the_stages_reading_it_stale(
@@ -90,11 +91,14 @@ def test_a_rerun_stage_makes_the_stages_reading_it_stale(
     assert not (work / "decoder.done").exists()
     again = train_base(work, stages=("decoder",), steps={"decoder": 1}, tiny=True, show=False)
     assert again["decoder"]["steps"] == 1 and (work / "decoder.done").exists()
+    assert not (work / "checker.done").exists()
 
 
-def test_unet_needs_clip_and_vae(tmp_path: Path) -> None:
+def test_stages_need_the_outputs_they_read(tmp_path: Path) -> None:
     with pytest.raises(PhubError, match="clip"):
         train_base(tmp_path, stages=("unet",), steps={"unet": 1}, tiny=True, show=False)
+    with pytest.raises(PhubError, match="decoder"):
+        train_base(tmp_path, stages=("checker",), steps={"checker": 1}, tiny=True, show=False)
     with pytest.raises(PhubError, match="unknown"):
         train_base(tmp_path, stages=("gan",), tiny=True, show=False)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from perfusion_hub.micro import checker
+from perfusion_hub.micro import recipe
 from perfusion_hub.micro.recipe import _object_scenes, train_base
 from perfusion_hub.micro.training import Prefetch, data_workers
 
@@ -41,13 +41,13 @@ def test_data_workers_only_beside_a_gpu() -> None:
 def test_a_stage_fed_by_workers_trains_like_an_inline_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline = train_base(tmp_path / "inline", stages=("checker",), steps={"checker": 3},
+    inline = train_base(tmp_path / "inline", stages=("vae",), steps={"vae": 3},
                         device="cpu", tiny=True, show=False)
-    monkeypatch.setattr(checker, "data_workers", lambda device: 1)
-    fed = train_base(tmp_path / "fed", stages=("checker",), steps={"checker": 3},
+    monkeypatch.setattr(recipe, "data_workers", lambda device: 1)
+    fed = train_base(tmp_path / "fed", stages=("vae",), steps={"vae": 3},
                      device="cpu", tiny=True, show=False)
     assert fed == inline
-    weights = [load_file(tmp_path / run / "checker" / "checker.safetensors")
+    weights = [load_file(tmp_path / run / "vae" / "diffusion_pytorch_model.safetensors")
                for run in ("inline", "fed")]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=0, atol=0)
