@@ -14,6 +14,11 @@ renders with `phub eval`'s code path and prints, per method:
 - fidelity (micro-CLIP image similarity to the training images) and text alignment (the
   checker's accuracy on the prompt's words), the fidelity/alignment plane of the plot, with a
   β sweep for the two rank-1 methods.
+
+A reference row, "described", renders the same prompts with each concept replaced by its
+instance's words ("an orange striped cat on a green spotted chair"): what the base draws when
+told everything its vocabulary can say about the instances. (Its recontext column also asks
+for the instance's colour and pattern, since the prompt names them.)
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ from rich.console import Console
 from rich.table import Table
 
 from perfusion_hub import Hub
+from perfusion_hub.compose.session import ImageRequest, Renderer
+from perfusion_hub.evaluate.defaults import RENDER_BATCH
 from perfusion_hub.evaluate.demo import write_instance_data
-from perfusion_hub.evaluate.metrics import EvalRow
+from perfusion_hub.evaluate.judge import MicroJudge
+from perfusion_hub.evaluate.metrics import EvalRow, fidelity_scores
 from perfusion_hub.evaluate.plot import Point, Series, save_plot
 from perfusion_hub.evaluate.run import evaluate_concept
-from perfusion_hub.micro.world import MY_CAT, MY_CHAIR
+from perfusion_hub.micro.world import MY_CAT, MY_CHAIR, Instance, object_phrase
+from perfusion_hub.training.images import read_image_folder
 
 METHODS = ("perfusion", "no-key-lock", "textual-inversion")
 PLAIN = "a {}"
@@ -43,16 +52,61 @@ TARGETS = {"instance": 0.85, "recontext": 0.75, "pair": 0.60}
 SWEEP = "beta=0.5:0.8:4"
 
 
-def train_pair(hub: Hub, data: Path, method: str, options: argparse.Namespace) -> float:
+def instance_data(data: Path, count: int) -> dict[str, tuple[Path, Path]]:
+    """Training images and masks of <my-cat> and <my-chair>, by name: (images, masks)."""
+    return {instance.name: write_instance_data(instance, data / instance.name, count,
+                                               seed=100 + seed)
+            for seed, instance in enumerate((MY_CAT, MY_CHAIR))}
+
+
+def train_pair(hub: Hub, data: dict[str, tuple[Path, Path]], method: str,
+               options: argparse.Namespace) -> float:
     """Train <my-cat> and <my-chair> with `method`; returns the seconds spent."""
     started = time.monotonic()
-    for seed, instance in enumerate((MY_CAT, MY_CHAIR)):
-        images, masks = write_instance_data(instance, data / instance.name, options.images,
-                                            seed=100 + seed)
+    learning_rates = {name: value for name in ("lr_embedding", "lr_values")
+                      if (value := getattr(options, name)) is not None}
+    for instance in (MY_CAT, MY_CHAIR):
+        images, masks = data[instance.name]
         hub.train(images, name=instance.name, superclass=instance.category, masks=masks,
                   method=method, steps=options.train_steps, batch_size=4,
-                  grad_accum=options.grad_accum, seed=0, force=True, device="cpu")
+                  grad_accum=options.grad_accum, seed=0, force=True, device="cpu",
+                  **learning_rates)
     return time.monotonic() - started
+
+
+def described_rows(hub: Hub, data: dict[str, tuple[Path, Path]],
+                   options: argparse.Namespace) -> list[EvalRow]:
+    """The benchmark's prompts rendered with each concept replaced by its instance's words,
+    judged like the concepts' renders; each row carries the concept prompt it stands for."""
+    instances = {instance.name: instance for instance in (MY_CAT, MY_CHAIR)}
+    judge = MicroJudge()
+    training = {name: read_image_folder(images).images for name, (images, _) in data.items()}
+    for name, images in training.items():
+        judge.add_concept(name, instances[name].category, images)
+
+    def words(instance: Instance) -> str:
+        return object_phrase(instance.object(), with_size=False)
+
+    rows = []
+    loaded = hub.open_base()
+    with Renderer(hub.registry, loaded) as renderer:
+        for template in (PLAIN, *RECONTEXT, PAIR):
+            stands_for = template.format("<my-cat>", other="<my-chair>")
+            named = [MY_CAT.name] + ([MY_CHAIR.name] if "{other}" in template else [])
+            prompt = template.replace("a {other}", words(MY_CHAIR)).replace("a {}", words(MY_CAT))
+            images = [image for start in range(0, options.seeds, RENDER_BATCH)
+                      for image, _ in renderer.render_seeds(
+                          ImageRequest(prompt, start, steps=options.sample_steps),
+                          list(range(start, min(start + RENDER_BATCH, options.seeds))))]
+            fidelity = fidelity_scores(judge.embed_images(images),
+                                       judge.embed_images(training[MY_CAT.name]))
+            verdicts = judge.judge(images, [prompt] * len(images), MY_CAT.name)
+            found = judge.instances_found(images, named)
+            for seed, (fid, verdict, match) in enumerate(zip(fidelity, verdicts, found,
+                                                             strict=True)):
+                rows.append(EvalRow("described", stands_for, seed, 0.0, float(fid),
+                                    verdict.alignment, verdict.obeyed, match))
+    return rows
 
 
 def rates(rows: list[EvalRow], other: str) -> dict[str, float | int | None]:
@@ -87,20 +141,30 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6, help="training images per instance")
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--lr-embedding", type=float, default=None,
+                        help="default: the training default")
+    parser.add_argument("--lr-values", type=float, default=None,
+                        help="default: the training default")
     parser.add_argument("--sample-steps", type=int, default=None,
                         help="denoising steps (default: the base's)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                        help="methods to train (none: the described row only)")
     parser.add_argument("--out", type=Path, default=None, help="keep renders, CSVs and plot")
     options = parser.parse_args()
     console = Console()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="phub-concepts-") as tmp:
         out = options.out or Path(tmp) / "out"
-        results: dict[str, dict] = {}
-        series = []
+        data = instance_data(Path(tmp) / "data", options.images)
+        hub = Hub(Path(tmp) / "described")
+        results: dict[str, dict] = {
+            "described": {**rates(described_rows(hub, data, options), "my-chair"), "train_s": 0}}
+        console.log(f"described: {results['described']}")
+        series = [Series("described", (Point(results["described"]["alignment"],
+                                             results["described"]["fidelity"], "words"),))]
         for method in options.methods:
             hub = Hub(Path(tmp) / method)
-            seconds = train_pair(hub, Path(tmp) / "data", method, options)
+            seconds = train_pair(hub, data, method, options)
             report = evaluate_concept(hub, "my-cat", other="my-chair", seeds=options.seeds,
                                       prompts=[PLAIN, *RECONTEXT, PAIR],
                                       steps=options.sample_steps, out=out / method / "main")

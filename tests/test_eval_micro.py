@@ -69,6 +69,18 @@ def test_pairs_need_both_instances(judge: MicroJudge) -> None:
     assert restyled.instance_match is None  # the prompt itself changes the look
 
 
+def test_instances_found_whatever_the_prompt_says(judge: MicroJudge) -> None:
+    pair = SceneSpec((MY_CAT.object(), MY_CHAIR.object()), "on", "white")
+    images = _scenes(pair, 8, seed=4)
+    assert judge.instances_found(images, ["my-cat", "my-chair"]) == [
+        v.instance_match for v in judge.judge(images, ["a <my-cat> on a <my-chair>"] * 8,
+                                              "my-cat")]
+    cats = _scenes(SceneSpec((MY_CAT.object(),)), 8, seed=6)
+    assert np.mean(judge.instances_found(cats, ["my-cat"])) >= 0.5
+    assert judge.instances_found(cats, ["my-cat", "my-chair"]) == [0.0] * 8
+    assert judge.instances_found(cats, ["my-cup"]) == [None] * 8  # look unknown
+
+
 def test_fidelity_prefers_the_instance(judge: MicroJudge) -> None:
     references = judge.embed_images([im for im, _ in instance_images(MY_CAT, 6, seed=1)])
     same = judge.embed_images([im for im, _ in instance_images(MY_CAT, 6, seed=7)])

@@ -10,10 +10,14 @@ from tiny import tiny_tokenizer
 
 from perfusion_hub.bases.source import DEFAULT_TRAIN_TEMPLATES
 from perfusion_hub.errors import TrainingError
+from perfusion_hub.micro.recipe import TRAIN_TEMPLATES
+from perfusion_hub.micro.tokenizer import build_tokenizer
+from perfusion_hub.micro.world import CATEGORIES
 from perfusion_hub.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from perfusion_hub.training.images import read_image_folder, to_tensors
 from perfusion_hub.training.options import TrainOptions
 from perfusion_hub.training.prompts import (
+    fill,
     superclass_token_id,
     token_positions,
     tokenize,
@@ -130,10 +134,28 @@ def test_concept_position_comes_from_token_ids():
 
 
 def test_templates_default_to_photo_and_need_one_slot():
-    assert training_templates([]) == DEFAULT_TRAIN_TEMPLATES
-    assert training_templates(["a {} on a red background"]) == ("a {} on a red background",)
+    assert training_templates([], "cat") == DEFAULT_TRAIN_TEMPLATES
+    assert training_templates(["a {} on a red background"], "cat") == (
+        "a {} on a red background",)
     with pytest.raises(TrainingError, match="exactly once"):
-        training_templates(["a photo"])
+        training_templates(["a photo"], "cat")
+
+
+def test_templates_naming_the_superclass_are_left_out():
+    templates = ["a {}", "a {} on a brown chair", "a Chair next to a {}", "a {} next to chairs"]
+    assert training_templates(templates, "chair") == ("a {}", "a {} next to chairs")
+    assert training_templates(templates, "cat") == tuple(templates)
+    with pytest.raises(TrainingError, match="already names 'chair'"):
+        training_templates(["a {} on a chair"], "chair")
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_micro_templates_hold_each_category_once(category):
+    tokenizer = build_tokenizer()
+    prompts = [fill(t, category) for t in training_templates(TRAIN_TEMPLATES, category)]
+    ids = tokenize(tokenizer, prompts)
+    positions = token_positions(ids, superclass_token_id(tokenizer, category), prompts)
+    assert len(positions) == len(prompts) >= len(TRAIN_TEMPLATES) - 2
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"batch_size": 0}, {"lock": "sideways"},

@@ -147,8 +147,6 @@ class MicroJudge:
     def judge(self, images: Sequence[Image.Image], prompts: Sequence[str],
               main: str) -> list[Verdict]:
         """One verdict per (image, prompt): word accuracy, all words obeyed, instance match."""
-        from perfusion_hub.micro.checker import object_matches
-
         readings = self.checker.read(self._pixels(images))
         verdicts = []
         for reading, prompt in zip(readings, prompts, strict=True):
@@ -163,14 +161,24 @@ class MicroJudge:
                 restyled = any(c is not None and given for c, given in
                                zip(wanted.concepts, wanted.colour_given, strict=True))
                 names = [] if restyled else [c for c in wanted.concepts if c is not None]
-            match: float | None = None
-            if names and all(n in self.references for n in names):
-                match = float(all(
-                    any(object_matches(o, self.references[n])
-                        for o in reading.objects)
-                    for n in names))
-            verdicts.append(Verdict(alignment, obeyed, match, missed))
+            verdicts.append(Verdict(alignment, obeyed, self._instances_in(reading, names),
+                                    missed))
         return verdicts
+
+    def instances_found(self, images: Sequence[Image.Image],
+                        names: Sequence[str]) -> list[float | None]:
+        """Per image: 1.0 when the instance of every concept in `names` is drawn, else 0.0;
+        None when a concept's instance look is unknown."""
+        return [self._instances_in(reading, names)
+                for reading in self.checker.read(self._pixels(images))]
+
+    def _instances_in(self, reading: Any, names: Sequence[str]) -> float | None:
+        from perfusion_hub.micro.checker import object_matches
+
+        if not names or any(n not in self.references for n in names):
+            return None
+        return float(all(any(object_matches(o, self.references[n]) for o in reading.objects)
+                         for n in names))
 
 
 # ----------------------------------------------------------------------------- CLIP

@@ -106,7 +106,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
         module.requires_grad_(False).eval()
     half = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
     resolution = options.resolution or int(loaded.resolution)
-    templates = training_templates(loaded.train_templates)
+    templates = training_templates(loaded.train_templates, superclass)
     superclass_id = superclass_token_id(pipe.tokenizer, superclass)
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)

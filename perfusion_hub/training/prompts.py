@@ -18,8 +18,12 @@ COMMON_SUPERCLASSES: tuple[str, ...] = (
 )
 
 
-def training_templates(base_templates: Sequence[str]) -> tuple[str, ...]:
-    """The base's own templates when it ships some, else photo templates; each has one `{}`."""
+def training_templates(base_templates: Sequence[str], superclass: str) -> tuple[str, ...]:
+    """The base's own templates when it ships some, else photo templates; each has one `{}`.
+
+    Templates that already name `superclass` ("a {} on a brown chair" for a chair) are left
+    out: with the superclass in the concept's place the word would appear twice.
+    """
     from perfusion_hub.bases.source import DEFAULT_TRAIN_TEMPLATES
 
     templates = tuple(base_templates) or DEFAULT_TRAIN_TEMPLATES
@@ -27,7 +31,12 @@ def training_templates(base_templates: Sequence[str]) -> tuple[str, ...]:
         if template.count("{}") != 1:
             raise TrainingError(f"Training template {template!r} must contain '{{}}' exactly "
                                 "once (where the concept goes).")
-    return templates
+    word = superclass.strip().lower()
+    kept = tuple(t for t in templates if word not in t.lower().replace("{}", " ").split())
+    if not kept:
+        raise TrainingError(f"Every training template already names {superclass!r}; "
+                            "add templates that leave the superclass to the concept.")
+    return kept
 
 
 def fill(template: str, word: str) -> str:
