@@ -3,8 +3,8 @@
     python benchmarks/micro_concepts.py [--seeds 200] [--sweep-seeds 32] [--out DIR]
 
 For each method (perfusion, no-key-lock, textual-inversion) it trains <my-cat> and <my-chair>
-from the same instance images and masks (the demo's recipe unless told otherwise), then
-renders with `phub eval`'s code path and prints, per method:
+from the same instance images and masks (the default training recipe unless told otherwise),
+then renders with `phub eval`'s code path and prints, per method:
 
 - instance: "a <my-cat>" renders the checker reads as the instance (category + colour +
   pattern); target ≥ 85 %;
@@ -50,6 +50,7 @@ RECONTEXT = ("a {} on a green background", "a {} next to a red ball")
 PAIR = "a {} on a {other}"
 TARGETS = {"instance": 0.85, "recontext": 0.75, "pair": 0.60}
 SWEEP = "beta=0.5:0.8:4"
+RECIPE = ("steps", "batch_size", "grad_accum", "lr_embedding", "lr_values")
 
 
 def instance_data(data: Path, count: int) -> dict[str, tuple[Path, Path]]:
@@ -63,15 +64,16 @@ def train_pair(hub: Hub, data: dict[str, tuple[Path, Path]], method: str,
                options: argparse.Namespace) -> float:
     """Train <my-cat> and <my-chair> with `method`; returns the seconds spent."""
     started = time.monotonic()
-    learning_rates = {name: value for name in ("lr_embedding", "lr_values")
-                      if (value := getattr(options, name)) is not None}
     for instance in (MY_CAT, MY_CHAIR):
         images, masks = data[instance.name]
         hub.train(images, name=instance.name, superclass=instance.category, masks=masks,
-                  method=method, steps=options.train_steps, batch_size=4,
-                  grad_accum=options.grad_accum, seed=0, force=True, device="cpu",
-                  **learning_rates)
+                  method=method, seed=0, force=True, device="cpu", **recipe(options))
     return time.monotonic() - started
+
+
+def recipe(options: argparse.Namespace) -> dict[str, float]:
+    """The training options the command line sets; the rest keep `TrainOptions` defaults."""
+    return {name: value for name in RECIPE if (value := getattr(options, name)) is not None}
 
 
 def described_rows(hub: Hub, data: dict[str, tuple[Path, Path]],
@@ -139,12 +141,10 @@ def main() -> None:
     parser.add_argument("--sweep-seeds", type=int, default=32,
                         help=f"renders per prompt and β of the {SWEEP} sweep (0: none)")
     parser.add_argument("--images", type=int, default=6, help="training images per instance")
-    parser.add_argument("--train-steps", type=int, default=150)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--lr-embedding", type=float, default=None,
-                        help="default: the training default")
-    parser.add_argument("--lr-values", type=float, default=None,
-                        help="default: the training default")
+    for name in RECIPE:
+        flag = "--train-steps" if name == "steps" else f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, dest=name, type=int if "lr" not in name else float,
+                            default=None, help="default: the training default")
     parser.add_argument("--sample-steps", type=int, default=None,
                         help="denoising steps (default: the base's)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
@@ -188,7 +188,8 @@ def main() -> None:
         (out / "methods.json").write_text(json.dumps(results, indent=2))
 
         table = Table(title=f"<my-cat> / <my-chair>, {options.seeds} renders per prompt, "
-                            f"{options.images} training images, {options.train_steps} steps")
+                            f"{options.images} training images, "
+                            f"recipe {recipe(options) or 'default'}")
         for column in ("method", "instance", "recontext", "pair", "fidelity", "alignment",
                        "train s"):
             table.add_column(column, justify="left" if column == "method" else "right")
