@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import console, hub, print_json
+from cli.common import console, err_console, hub, print_json
 
 if TYPE_CHECKING:
     from perfusion_hub.compose.jobs import Job
@@ -67,6 +67,8 @@ def compose_command(
         guidance=guidance, scheduler=scheduler, size=size, beta=beta, tau=tau, out=out,
         device=device, dtype=dtype, sweep=list(sweep or []), from_png=from_png,
     )
+    for note in images.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for path in images.paths:
         typer.echo(str(path))
     if images.sheet is not None:

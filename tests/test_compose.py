@@ -115,6 +115,24 @@ def test_each_gate_fires_on_its_own_token(world: World) -> None:
                 assert own[other_position] < 0.2 and gates[other][position] < 0.2
 
 
+def test_concepts_whose_gates_open_on_each_other_are_named(world: World,
+                                                             tmp_path: Path) -> None:
+    cat = world.hub.registry.load(world.hub.registry.get("my-cat", base=world.base))
+    twin = dataclasses.replace(cat, name="my-twin", word_embedding=-cat.word_embedding)
+    world.hub.registry.add(twin)  # another v*, the same i*
+    try:
+        code, stdout, output = world.cli("compose", "a <my-cat> next to a <my-twin>", "--base",
+                                         world.base, *STEPS, "--seed", "0", "--out",
+                                         str(tmp_path / "twins.png"))
+    finally:
+        world.hub.registry.remove("my-twin", base=world.base)
+    assert code == 0, output
+    assert stdout.strip() == str(tmp_path / "twins.png")  # notes stay off stdout
+    assert "note: <my-twin> opens the gate of <my-cat>" in output
+    assert "note: <my-cat> opens the gate of <my-twin>" in output
+    assert world.compose(seed=0, out=tmp_path / "apart.png").notes == ()
+
+
 def test_same_seed_gives_identical_pixels(world: World, tmp_path: Path) -> None:
     first = world.compose(seed=11, num_images=2, out=tmp_path / "a")
     again = world.compose(seed=11, num_images=2, out=tmp_path / "b")

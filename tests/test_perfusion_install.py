@@ -147,3 +147,33 @@ def test_overrides_apply_to_every_concept_and_are_undone(pipe, inv, concepts):
         assert (edit.states[0].beta, edit.states[0].tau, edit.states[0].lock) == (0.5, 0.2,
                                                                                  "global")
     assert (state.beta, state.tau, state.lock) == (concepts[0].beta, concepts[0].tau, "local")
+
+
+
+def test_overlapping_concepts_are_reported_by_name(pipe, inv, concepts):
+    cat, chair = (ConceptState.from_concept(c) for c in concepts)
+    with apply(pipe, [cat], inv) as edit:
+        assert edit.overlaps() == []
+    metric = inv.double()
+    a, b = cat.target_input.detach().double(), chair.target_input.detach().double()
+    with torch.no_grad():  # C⁻¹-orthogonal to the cat's input: s = 0 both ways
+        chair.target_input.copy_(b - (a @ metric @ b) / (a @ metric @ a) * a)
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        assert edit.overlaps() == []
+    with torch.no_grad():  # halfway to the cat's input: s_cat(i*_chair) = 0.9
+        chair.target_input.add_(0.9 * cat.target_input)
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.overlaps()
+        assert edit.overlaps(threshold=0.9) == []
+    assert notes[0] == (
+        "<my-chair> opens the gate of <my-cat> to 79% (similarity 0.90, β 0.70): my-cat's look "
+        "also lands on <my-chair>. Raise its β above 0.90 (<my-cat:beta=...>), or retrain one "
+        "of the two.")
+    with torch.no_grad():
+        chair.target_input.copy_(cat.target_input)
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.overlaps()
+    assert [n.split(" (")[0] for n in notes] == ["<my-chair> opens the gate of <my-cat> to 88%",
+                                                 "<my-cat> opens the gate of <my-chair> to 88%"]
+    assert all(n.endswith("Retrain one of the two: their inputs are too alike for any β to "
+                          "separate them.") for n in notes)

@@ -36,9 +36,11 @@ MAX_IMAGES = 256
 class RenderedImages(list):
     """The images of one `compose` call, each opened from the PNG written for it
     (`image.filename` is its path, `image.info` holds its metadata); `sheet` is the contact
-    sheet's path for a sweep."""
+    sheet's path for a sweep; `notes` what the concepts' combination should tell the user
+    (e.g. gates that open on each other's tokens)."""
 
     sheet: Path | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def paths(self) -> list[Path]:
@@ -91,6 +93,7 @@ def compose(hub: Any, options: ComposeOptions) -> RenderedImages:
             path = renderer.save(image, params, outputs.path(slug, request.seed, suffix))
             rendered.append((image, params))
             images.append(_reopen(path))
+        images.notes = tuple(renderer.notes)
     if plan.labels is not None:
         images.sheet = _save_sheet(outputs, slug, rendered, plan.labels,
                                    plan.requests[0][0].seed)

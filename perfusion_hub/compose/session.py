@@ -81,6 +81,7 @@ class Renderer:
         self.record_gates = record_gates
         self.edit: Any = None
         self._edit_key: tuple = ()
+        self.notes: list[str] = []  # what an installed set of concepts should tell its user
         self._concepts: dict[str, tuple[Concept, str]] = {}
         self._loaded_scheduler = self.pipe.scheduler
         options = getattr(base, "options", None) or {}
@@ -144,6 +145,7 @@ class Renderer:
                                             lock=r.gate.lock) for r in resolved]
             self.edit = apply(self.pipe, concepts, self.base.inverse_covariance,
                               record_gates=self.record_gates)
+            self.notes += [n for n in self.edit.overlaps() if n not in self.notes]
         self._edit_key = key
 
     def uninstall(self) -> None:

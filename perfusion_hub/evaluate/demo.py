@@ -133,6 +133,8 @@ def run_demo(
     made = hub.compose(DEMO_PROMPT, seed=0, num_images=renders, steps=sample_steps,
                        device=device, out=out_dir / "renders" / "my-cat-on-my-chair.png")
     rendered = [Path(p) for p in made.paths]
+    for note in made.notes:
+        say(f"Note: {note}")
     sheet = _sheet(out_dir / "contact-sheet.png", trained, made, contact_sheet)
     seconds["compose"] = time.monotonic() - started
 

@@ -24,6 +24,7 @@ from perfusion_hub.bases.fingerprint import EDIT_ATTRIBUTE, FINGERPRINT_ATTRIBUT
 from perfusion_hub.bases.layers import cross_attention_layers
 from perfusion_hub.concepts import LOCK_MODES, BaseFingerprint, Concept
 from perfusion_hub.errors import ConflictError, IncompatibleBaseError, PhubError
+from perfusion_hub.perfusion.math import cross_similarities, gate
 from perfusion_hub.perfusion.processor import (
     ConceptStack,
     PassthroughProcessor,
@@ -31,6 +32,12 @@ from perfusion_hub.perfusion.processor import (
     refuse_fused,
 )
 from perfusion_hub.perfusion.state import ConceptState
+
+OVERLAP_GATE = 0.25
+"""Share of one concept's o* that another concept's token may receive before `overlaps`
+reports the pair."""
+SEPARABLE = 0.95
+"""Above this similarity, a β that closes the other token's gate closes the concept's own too."""
 
 
 def apply(pipe: Any, concepts: Sequence[Concept | ConceptState], inverse_covariance: torch.Tensor,
@@ -85,7 +92,8 @@ class PerfusionEdit:
             state.beta = state.beta if beta is None else float(beta)
             state.tau = state.tau if tau is None else float(tau)
             state.lock = state.lock if lock is None else lock
-        self.stack = ConceptStack(self.states, inverse_covariance.to(device), record_gates)
+        self.inverse_covariance = inverse_covariance.to(device)
+        self.stack = ConceptStack(self.states, self.inverse_covariance, record_gates)
 
         self._original_tokenizer = pipe.tokenizer
         self._original_embedding = text_encoder.get_input_embeddings()
@@ -103,6 +111,29 @@ class PerfusionEdit:
             self.remove()
             raise
         setattr(pipe, EDIT_ATTRIBUTE, self)
+
+    def overlaps(self, threshold: float = OVERLAP_GATE) -> list[str]:
+        """One sentence per ordered pair of installed concepts where the token of one opens the
+        gate of the other to at least `threshold` at the installed β, τ: the other's look then
+        lands on both tokens (method.md §4), and renders of the pair tend to dissolve."""
+        if len(self.states) < 2:
+            return []
+        inputs = torch.stack([s.target_input.detach().float() for s in self.states])
+        similar = cross_similarities(inputs, self.inverse_covariance.float())
+        notes = []
+        for m, opened in enumerate(self.states):
+            for n, opener in enumerate(self.states):
+                s = float(similar[m, n])
+                share = float(gate(similar[m, n], opened.beta, opened.tau))
+                if m == n or share < threshold:
+                    continue
+                fix = (f"Raise its β above {s:.2f} (<{opened.name}:beta=...>), or retrain one "
+                       "of the two." if s < SEPARABLE else "Retrain one of the two: their "
+                       "inputs are too alike for any β to separate them.")
+                notes.append(f"<{opener.name}> opens the gate of <{opened.name}> to {share:.0%} "
+                             f"(similarity {s:.2f}, β {opened.beta:.2f}): {opened.name}'s look "
+                             f"also lands on <{opener.name}>. {fix}")
+        return notes
 
     # tokens -------------------------------------------------------------------------------
 
