@@ -14,6 +14,7 @@ processor objects.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ OVERLAP_GATE = 0.25
 """Share of one concept's o* that another concept's token may receive before `overlaps`
 reports the pair."""
 SEPARABLE = 0.95
-"""Above this similarity, a β that closes the other token's gate closes the concept's own too."""
+"""The highest β `overlaps` suggests: beyond it the concept's own gate (s = 1) half closes."""
 
 
 def apply(pipe: Any, concepts: Sequence[Concept | ConceptState], inverse_covariance: torch.Tensor,
@@ -127,9 +128,12 @@ class PerfusionEdit:
                 share = float(gate(similar[m, n], opened.beta, opened.tau))
                 if m == n or share < threshold:
                     continue
-                fix = (f"Raise its β above {s:.2f} (<{opened.name}:beta=...>), or retrain one "
-                       "of the two." if s < SEPARABLE else "Retrain one of the two: their "
-                       "inputs are too alike for any β to separate them.")
+                # σ((s − β) / τ) < threshold  ⇔  β > s + τ · ln((1 − threshold) / threshold)
+                needed = s + opened.tau * math.log((1 - threshold) / threshold)
+                fix = (f"Raise its β to {math.ceil(needed * 100) / 100:.2f} or more "
+                       f"(<{opened.name}:beta=...>), or retrain one of the two."
+                       if needed <= SEPARABLE else "Retrain one of the two: their inputs are "
+                       "too alike for a β that keeps its own gate open.")
                 notes.append(f"<{opener.name}> opens the gate of <{opened.name}> to {share:.0%} "
                              f"(similarity {s:.2f}, β {opened.beta:.2f}): {opened.name}'s look "
                              f"also lands on <{opener.name}>. {fix}")
