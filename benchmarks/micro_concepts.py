@@ -17,8 +17,8 @@ then renders with `phub eval`'s code path and prints, per method:
 
 A reference row, "described", renders the same prompts with each concept replaced by its
 instance's words ("an orange striped cat on a green spotted chair"): what the base draws when
-told everything its vocabulary can say about the instances. (Its recontext column also asks
-for the instance's colour and pattern, since the prompt names them.)
+told everything its vocabulary can say about the instances. Its prompts name colour and
+pattern, so its recontext column and its alignment (the plot's x) also score those words.
 """
 
 from __future__ import annotations

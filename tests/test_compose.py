@@ -124,6 +124,8 @@ def test_concepts_whose_gates_open_on_each_other_are_named(world: World,
         code, stdout, output = world.cli("compose", "a <my-cat> next to a <my-twin>", "--base",
                                          world.base, *STEPS, "--seed", "0", "--out",
                                          str(tmp_path / "twins.png"))
+        swept = world.compose("a <my-cat> next to a <my-twin>", seed=0, out=tmp_path / "sweep",
+                              sweep=["beta=0.9:0.6:2"]).notes
     finally:
         world.hub.registry.remove("my-twin", base=world.base)
     assert code == 0, output
@@ -131,6 +133,8 @@ def test_concepts_whose_gates_open_on_each_other_are_named(world: World,
     assert "note: <my-twin> opens the gate of <my-cat>" in output
     assert "note: <my-cat> opens the gate of <my-twin>" in output
     assert world.compose(seed=0, out=tmp_path / "apart.png").notes == ()
+    # each render's own β: both ends of the sweep are named
+    assert {n.split("β ")[1][:4] for n in swept} == {"0.90", "0.60"}
 
 
 def test_same_seed_gives_identical_pixels(world: World, tmp_path: Path) -> None:

@@ -134,27 +134,32 @@ def test_concept_position_comes_from_token_ids():
 
 
 def test_templates_default_to_photo_and_need_one_slot():
-    assert training_templates([], "cat") == DEFAULT_TRAIN_TEMPLATES
-    assert training_templates(["a {} on a red background"], "cat") == (
+    tokenizer = build_tokenizer()
+    cat = superclass_token_id(tokenizer, "cat")
+    assert training_templates([], tokenizer, cat) == DEFAULT_TRAIN_TEMPLATES
+    assert training_templates(["a {} on a red background"], tokenizer, cat) == (
         "a {} on a red background",)
     with pytest.raises(TrainingError, match="exactly once"):
-        training_templates(["a photo"], "cat")
+        training_templates(["a photo"], tokenizer, cat)
 
 
 def test_templates_naming_the_superclass_are_left_out():
-    templates = ["a {}", "a {} on a brown chair", "a Chair next to a {}", "a {} next to chairs"]
-    assert training_templates(templates, "chair") == ("a {}", "a {} next to chairs")
-    assert training_templates(templates, "cat") == tuple(templates)
+    tokenizer = build_tokenizer()
+    chair = superclass_token_id(tokenizer, "chair")
+    templates = ["a {}", "a {} on a brown chair.", "a Chair next to a {}", "a {} next to chairs"]
+    assert training_templates(templates, tokenizer, chair) == ("a {}", "a {} next to chairs")
+    cat = superclass_token_id(tokenizer, "cat")
+    assert training_templates(templates, tokenizer, cat) == tuple(templates)
     with pytest.raises(TrainingError, match="already names 'chair'"):
-        training_templates(["a {} on a chair"], "chair")
+        training_templates(["a {} on a chair"], tokenizer, chair)
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_micro_templates_hold_each_category_once(category):
     tokenizer = build_tokenizer()
-    prompts = [fill(t, category) for t in training_templates(TRAIN_TEMPLATES, category)]
-    ids = tokenize(tokenizer, prompts)
-    positions = token_positions(ids, superclass_token_id(tokenizer, category), prompts)
+    word = superclass_token_id(tokenizer, category)
+    prompts = [fill(t, category) for t in training_templates(TRAIN_TEMPLATES, tokenizer, word)]
+    positions = token_positions(tokenize(tokenizer, prompts), word, prompts)
     assert len(positions) == len(prompts) >= len(TRAIN_TEMPLATES) - 2
 
 

@@ -81,7 +81,7 @@ class Renderer:
         self.record_gates = record_gates
         self.edit: Any = None
         self._edit_key: tuple = ()
-        self.notes: list[str] = []  # what an installed set of concepts should tell its user
+        self.notes: list[str] = []  # what the concepts of the renders so far tell the user
         self._concepts: dict[str, tuple[Concept, str]] = {}
         self._loaded_scheduler = self.pipe.scheduler
         options = getattr(base, "options", None) or {}
@@ -145,7 +145,6 @@ class Renderer:
                                             lock=r.gate.lock) for r in resolved]
             self.edit = apply(self.pipe, concepts, self.base.inverse_covariance,
                               record_gates=self.record_gates)
-            self.notes += [n for n in self.edit.overlaps() if n not in self.notes]
         self._edit_key = key
 
     def uninstall(self) -> None:
@@ -202,6 +201,9 @@ class Renderer:
         if self.edit is not None:
             kwargs = {"concept_betas": {r.name: r.gate.beta for r in resolved},
                       "concept_taus": {r.name: r.gate.tau for r in resolved}}
+            self.notes += [note for note in self.edit.overlaps(kwargs["concept_betas"],
+                                                                kwargs["concept_taus"])
+                           if note not in self.notes]
             if any(r.gate.lock == "global" for r in resolved):
                 kwargs["key_encoder_hidden_states"] = self._key_states(
                     parsed.text, request.negative, guidance)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,7 +38,8 @@ OVERLAP_GATE = 0.25
 """Share of one concept's o* that another concept's token may receive before `overlaps`
 reports the pair."""
 SEPARABLE = 0.95
-"""The highest β `overlaps` suggests: beyond it the concept's own gate (s = 1) half closes."""
+"""The highest β `overlaps` suggests: there the concept's own gate (s = 1) is σ(0.05 / τ),
+58 % at τ = 0.15, and at β = 1 it is half closed."""
 
 
 def apply(pipe: Any, concepts: Sequence[Concept | ConceptState], inverse_covariance: torch.Tensor,
@@ -93,8 +94,7 @@ class PerfusionEdit:
             state.beta = state.beta if beta is None else float(beta)
             state.tau = state.tau if tau is None else float(tau)
             state.lock = state.lock if lock is None else lock
-        self.inverse_covariance = inverse_covariance.to(device)
-        self.stack = ConceptStack(self.states, self.inverse_covariance, record_gates)
+        self.stack = ConceptStack(self.states, inverse_covariance.to(device), record_gates)
 
         self._original_tokenizer = pipe.tokenizer
         self._original_embedding = text_encoder.get_input_embeddings()
@@ -113,30 +113,34 @@ class PerfusionEdit:
             raise
         setattr(pipe, EDIT_ATTRIBUTE, self)
 
-    def overlaps(self, threshold: float = OVERLAP_GATE) -> list[str]:
+    def overlaps(self, betas: Mapping[str, float] | None = None,
+                 taus: Mapping[str, float] | None = None) -> list[str]:
         """One sentence per ordered pair of installed concepts where the token of one opens the
-        gate of the other to at least `threshold` at the installed β, τ: the other's look then
-        lands on both tokens (method.md §4), and renders of the pair tend to dissolve."""
-        if len(self.states) < 2:
-            return []
+        gate of the other to at least `OVERLAP_GATE`: the other's look then lands on both
+        tokens (method.md §4), and renders of the pair tend to dissolve. Gates are read at
+        `betas`/`taus` by concept name (a render's own), else at the installed β, τ."""
         inputs = torch.stack([s.target_input.detach().float() for s in self.states])
-        similar = cross_similarities(inputs, self.inverse_covariance.float())
+        similar = cross_similarities(inputs, self.stack.inverse_covariance.to(inputs.device))
         notes = []
         for m, opened in enumerate(self.states):
+            beta = (betas or {}).get(opened.name, opened.beta)
+            tau = (taus or {}).get(opened.name, opened.tau)
             for n, opener in enumerate(self.states):
                 s = float(similar[m, n])
-                share = float(gate(similar[m, n], opened.beta, opened.tau))
-                if m == n or share < threshold:
+                if m == n or not opened.edits or not math.isfinite(s):
+                    continue  # a textual-inversion concept has no gate
+                share = float(gate(similar[m, n], beta, tau))
+                if share < OVERLAP_GATE:
                     continue
-                # σ((s − β) / τ) < threshold  ⇔  β > s + τ · ln((1 − threshold) / threshold)
-                needed = s + opened.tau * math.log((1 - threshold) / threshold)
+                # σ((s − β) / τ) < g  ⇔  β > s + τ · ln((1 − g) / g), g = OVERLAP_GATE
+                needed = s + tau * math.log((1 - OVERLAP_GATE) / OVERLAP_GATE)
                 fix = (f"Raise its β to {math.ceil(needed * 100) / 100:.2f} or more "
                        f"(<{opened.name}:beta=...>), or retrain one of the two."
                        if needed <= SEPARABLE else "Retrain one of the two: their inputs are "
                        "too alike for a β that keeps its own gate open.")
                 notes.append(f"<{opener.name}> opens the gate of <{opened.name}> to {share:.0%} "
-                             f"(similarity {s:.2f}, β {opened.beta:.2f}): {opened.name}'s look "
-                             f"also lands on <{opener.name}>. {fix}")
+                             f"(similarity to <{opened.name}>'s input {s:.2f}, β {beta:.2f}): "
+                             f"{opened.name}'s look also lands on <{opener.name}>. {fix}")
         return notes
 
     # tokens -------------------------------------------------------------------------------

@@ -106,8 +106,8 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
         module.requires_grad_(False).eval()
     half = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
     resolution = options.resolution or int(loaded.resolution)
-    templates = training_templates(loaded.train_templates, superclass)
     superclass_id = superclass_token_id(pipe.tokenizer, superclass)
+    templates = training_templates(loaded.train_templates, pipe.tokenizer, superclass_id)
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     data = _Latents.encode(pipe.vae, images, resolution, device)

@@ -18,11 +18,12 @@ COMMON_SUPERCLASSES: tuple[str, ...] = (
 )
 
 
-def training_templates(base_templates: Sequence[str], superclass: str) -> tuple[str, ...]:
+def training_templates(base_templates: Sequence[str], tokenizer,
+                       superclass_id: int) -> tuple[str, ...]:
     """The base's own templates when it ships some, else photo templates; each has one `{}`.
 
-    Templates that already name `superclass` ("a {} on a brown chair" for a chair) are left
-    out: with the superclass in the concept's place the word would appear twice.
+    Templates whose words already hold the superclass token ("a {} on a brown chair." for a
+    chair) are left out: with the superclass in the concept's place it would appear twice.
     """
     from perfusion_hub.bases.source import DEFAULT_TRAIN_TEMPLATES
 
@@ -31,11 +32,12 @@ def training_templates(base_templates: Sequence[str], superclass: str) -> tuple[
         if template.count("{}") != 1:
             raise TrainingError(f"Training template {template!r} must contain '{{}}' exactly "
                                 "once (where the concept goes).")
-    word = superclass.strip().lower()
-    kept = tuple(t for t in templates if word not in t.lower().replace("{}", " ").split())
+    kept = tuple(t for t in templates
+                 if superclass_id not in tokenizer(fill(t, ""), add_special_tokens=False).input_ids)
     if not kept:
-        raise TrainingError(f"Every training template already names {superclass!r}; "
-                            "add templates that leave the superclass to the concept.")
+        word = tokenizer.decode([superclass_id]).strip()
+        raise TrainingError(f"Every training template already names {word!r}; add templates "
+                            "that leave the superclass to the concept.")
     return kept
 
 
