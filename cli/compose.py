@@ -143,6 +143,8 @@ def render_command(
         console.print(f"  [yellow]skipped[/] {message}", highlight=False)
     if len(summary.invalid) > 10:
         console.print(f"  … and {len(summary.invalid) - 10} more", highlight=False)
+    for note in summary.notes:
+        console.print(f"  [yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,8 +6,10 @@ Two concepts are registered whose i* is the encoding of their own token in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,19 +117,26 @@ def test_each_gate_fires_on_its_own_token(world: World) -> None:
                 assert own[other_position] < 0.2 and gates[other][position] < 0.2
 
 
+@contextlib.contextmanager
+def registered_twin(world: World) -> Iterator[None]:
+    """<my-twin>: another v* with the i* of <my-cat>, registered while the block runs."""
+    cat = world.hub.registry.load(world.hub.registry.get("my-cat", base=world.base))
+    world.hub.registry.add(dataclasses.replace(cat, name="my-twin",
+                                               word_embedding=-cat.word_embedding))
+    try:
+        yield
+    finally:
+        world.hub.registry.remove("my-twin", base=world.base)
+
+
 def test_concepts_whose_gates_open_on_each_other_are_named(world: World,
                                                              tmp_path: Path) -> None:
-    cat = world.hub.registry.load(world.hub.registry.get("my-cat", base=world.base))
-    twin = dataclasses.replace(cat, name="my-twin", word_embedding=-cat.word_embedding)
-    world.hub.registry.add(twin)  # another v*, the same i*
-    try:
+    with registered_twin(world):
         code, stdout, output = world.cli("compose", "a <my-cat> next to a <my-twin>", "--base",
                                          world.base, *STEPS, "--seed", "0", "--out",
                                          str(tmp_path / "twins.png"))
         swept = world.compose("a <my-cat> next to a <my-twin>", seed=0, out=tmp_path / "sweep",
                               sweep=["beta=0.9:0.6:2"]).notes
-    finally:
-        world.hub.registry.remove("my-twin", base=world.base)
     assert code == 0, output
     assert stdout.strip() == str(tmp_path / "twins.png")  # notes stay off stdout
     assert "note: <my-twin> opens the gate of <my-cat>" in output

@@ -103,6 +103,19 @@ def test_eval_writes_csv_plot_summary_and_metrics(world: dict) -> None:
     assert stored["beta"] == 0.6  # the swept β nearest the concept's own 0.70 (first on a tie)
 
 
+def test_eval_passes_on_what_the_renderer_notes(world: dict, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from perfusion_hub.perfusion.install import PerfusionEdit
+
+    monkeypatch.setattr(PerfusionEdit, "overlaps",
+                        lambda self, betas=None, taus=None: [f"{len(self.states)} concepts"])
+    report = world["hub"].evaluate("my-cat", other="my-chair", clip=world["clip"], seeds=1,
+                                   steps=2, prompts=["a {} next to a {other}"],
+                                   out=tmp_path / "out")
+    assert report.notes == ["2 concepts"]
+    assert json.loads(report.summary_path.read_text())["notes"] == ["2 concepts"]
+
+
 def test_eval_prompts_file_and_default_images(world: dict, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a {} in the city\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_compose import World, build_world, pixels
+from test_compose import World, build_world, pixels, registered_twin
 
 from perfusion_hub.compose import Renderer, read_png_parameters
 
@@ -101,6 +101,21 @@ def test_seeds_names_and_reuse_of_concept_sets(
 
     again = world.hub.compose(from_png=out / "job-000002.png", out=tmp_path / "again.png")
     assert np.array_equal(pixels(again[0]), pixels(out / "job-000002.png"))
+
+
+def test_concepts_whose_gates_open_on_each_other_are_named(world: World,
+                                                             tmp_path: Path) -> None:
+    jobs = job_file(tmp_path, [{"prompt": "a <my-cat> next to a <my-twin>"},
+                               {"prompt": "a <my-cat> on a <my-chair>"}])
+    with registered_twin(world):
+        code, _, output = world.cli("render", str(jobs), "--base", world.base, "--steps", "2",
+                                    "--out", str(tmp_path / "out"))
+        summary = world.hub.render(jobs, base=world.base, out=tmp_path / "again", steps=2)
+    assert code == 0, output
+    assert "note: <my-twin> opens the gate of <my-cat>" in output
+    assert sorted(n.split(" (")[0] for n in summary.to_json()["notes"]) == [
+        "<my-cat> opens the gate of <my-twin> to 88%",
+        "<my-twin> opens the gate of <my-cat> to 88%"]
 
 
 def test_shards_split_the_jobs(world: World, tmp_path: Path,

@@ -66,13 +66,14 @@ class BatchSummary:
     rendered_images: int = 0
     skipped_jobs: int = 0
     invalid: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "output_dir": str(self.output_dir), "shard": str(self.shard) if self.shard else None,
             "jobs": self.jobs, "rendered_images": self.rendered_images,
-            "skipped_jobs": self.skipped_jobs, "invalid": self.invalid,
+            "skipped_jobs": self.skipped_jobs, "invalid": self.invalid, "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }
 
@@ -143,6 +144,7 @@ def render_jobs(hub: Any, jobs: str | Path | Iterable[Any], *, base: str | None 
             written = _render_job(renderer, job, defaults, output_dir, summary, skip_invalid)
             if progress is not None:
                 progress.advance(job, written)
+        summary.notes = list(renderer.notes)
     summary.seconds = time.perf_counter() - started
     return summary
 

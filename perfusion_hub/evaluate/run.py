@@ -218,8 +218,9 @@ def evaluate_concept(
         judge.add_concept(partner.name, partner.superclass, partner_images)
 
     loaded = hub.open_base(record.base_name, device=device)
-    rendered = _render(hub, loaded, name, other, templates, betas, seeds, batch, steps,
-                       guidance, out_dir, progress)
+    rendered, render_notes = _render(hub, loaded, name, other, templates, betas, seeds, batch,
+                                     steps, guidance, out_dir, progress)
+    notes += render_notes
     images_out = [r.image for r in rendered]
     fidelity = fidelity_scores(judge.embed_images(images_out),
                                judge.embed_images(references.images))
@@ -259,10 +260,11 @@ class _Rendered:
 
 def _render(hub: Any, loaded: Any, name: str, other: str | None, templates: list[Template],
             betas: tuple[float | None, ...], seeds: int, batch: int, steps: int | None,
-            guidance: float | None, out_dir: Path, progress: Progress | None) -> list[_Rendered]:
+            guidance: float | None, out_dir: Path,
+            progress: Progress | None) -> tuple[list[_Rendered], list[str]]:
     """Every template × seed × β on one loaded base, `batch` seeds per pipeline call;
     β is set for the evaluated concept only (a second concept keeps its own). Each PNG
-    carries its render parameters."""
+    carries its render parameters. Returns the renders and the renderer's notes."""
     from perfusion_hub.compose.metadata import save_png
     from perfusion_hub.compose.prompt import GateOverrides
     from perfusion_hub.compose.session import ImageRequest, Renderer
@@ -286,7 +288,7 @@ def _render(hub: Any, loaded: Any, name: str, other: str | None, templates: list
                 rendered.append(_Rendered(template.kind, prompt, params.seed, used, image, path))
             if progress is not None:
                 progress(len(rendered), total)
-    return rendered
+    return rendered, list(renderer.notes)
 
 
 def _csv_bytes(rows: Sequence[EvalRow]) -> bytes:
