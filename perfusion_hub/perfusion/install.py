@@ -127,8 +127,9 @@ class PerfusionEdit:
             tau = (taus or {}).get(opened.name, opened.tau)
             for n, opener in enumerate(self.states):
                 s = float(similar[m, n])
+                # not itself, not a textual-inversion concept (no gate), not a zero input
                 if m == n or not opened.edits or not math.isfinite(s):
-                    continue  # a textual-inversion concept has no gate
+                    continue
                 share = float(gate(similar[m, n], beta, tau))
                 if share < OVERLAP_GATE:
                     continue
