@@ -80,11 +80,11 @@ def described_rows(hub: Hub, data: dict[str, tuple[Path, Path]],
                    options: argparse.Namespace) -> list[EvalRow]:
     """The benchmark's prompts rendered with each concept replaced by its instance's words,
     judged like the concepts' renders; each row carries the concept prompt it stands for."""
-    instances = {instance.name: instance for instance in (MY_CAT, MY_CHAIR)}
     judge = MicroJudge()
-    training = {name: read_image_folder(images).images for name, (images, _) in data.items()}
-    for name, images in training.items():
-        judge.add_concept(name, instances[name].category, images)
+    training = {i.name: read_image_folder(data[i.name][0]).images for i in (MY_CAT, MY_CHAIR)}
+    for instance in (MY_CAT, MY_CHAIR):
+        judge.add_concept(instance.name, instance.category, training[instance.name])
+    references = judge.embed_images(training[MY_CAT.name])
 
     def words(instance: Instance) -> str:
         return object_phrase(instance.object(), with_size=False)
@@ -100,8 +100,7 @@ def described_rows(hub: Hub, data: dict[str, tuple[Path, Path]],
                       for image, _ in renderer.render_seeds(
                           ImageRequest(prompt, start, steps=options.sample_steps),
                           list(range(start, min(start + RENDER_BATCH, options.seeds))))]
-            fidelity = fidelity_scores(judge.embed_images(images),
-                                       judge.embed_images(training[MY_CAT.name]))
+            fidelity = fidelity_scores(judge.embed_images(images), references)
             verdicts = judge.judge(images, [prompt] * len(images), MY_CAT.name)
             found = judge.instances_found(images, named)
             for seed, (fid, verdict, match) in enumerate(zip(fidelity, verdicts, found,
