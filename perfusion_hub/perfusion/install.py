@@ -95,6 +95,7 @@ class PerfusionEdit:
             state.tau = state.tau if tau is None else float(tau)
             state.lock = state.lock if lock is None else lock
         self.stack = ConceptStack(self.states, inverse_covariance.to(device), record_gates)
+        self._cross_similarities: torch.Tensor | None = None  # computed by `overlaps`
 
         self._original_tokenizer = pipe.tokenizer
         self._original_embedding = text_encoder.get_input_embeddings()
@@ -119,8 +120,11 @@ class PerfusionEdit:
         gate of the other to at least `OVERLAP_GATE`: the other's look then lands on both
         tokens (method.md §4), and renders of the pair tend to dissolve. Gates are read at
         `betas`/`taus` by concept name (a render's own), else at the installed β, τ."""
-        inputs = torch.stack([s.target_input.detach().float() for s in self.states])
-        similar = cross_similarities(inputs, self.stack.inverse_covariance.to(inputs.device))
+        if self._cross_similarities is None:  # rendering never moves i* (training does)
+            inputs = torch.stack([s.target_input.detach().float() for s in self.states])
+            self._cross_similarities = cross_similarities(
+                inputs, self.stack.inverse_covariance.to(inputs.device))
+        similar = self._cross_similarities
         notes = []
         for m, opened in enumerate(self.states):
             beta = (betas or {}).get(opened.name, opened.beta)
