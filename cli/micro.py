@@ -55,6 +55,9 @@ def train_base(
     install: Annotated[bool, typer.Option(
         "--install", help="Copy the finished base into the package (the bundled micro base).")
     ] = False,
+    unet_from: Annotated[Path | None, typer.Option(
+        "--unet-from", help="Fine-tune the UNet of this pipeline folder (e.g. an earlier "
+        "run's <work>/pipeline) instead of training one from scratch.")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny models: a smoke test.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -73,7 +76,8 @@ def train_base(
     work = out or Settings.resolve(state(ctx).home).home / "micro-base"
     report = run_recipe(work, stages=tuple(stage or STAGES), steps=step_budgets,
                         minutes=minute_caps, device=None if device == "auto" else device,
-                        resume=not fresh, seed=seed, tiny=tiny, show=not as_json)
+                        resume=not fresh, seed=seed, tiny=tiny, show=not as_json,
+                        unet_from=unet_from)
     sizes = install_assets(work, progress=not as_json) if install else None
     if as_json:
         print_json({"work": str(work), "report": report, "installed_bytes": sizes})

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from rich.progress import track
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
@@ -38,8 +43,10 @@ log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("clip", "vae", "unet", "decoder", "checker")
 # The stages whose outputs each stage reads: rerunning one makes these later ones stale.
+# The decoder reads only the VAE: the UNet stage exports the pipeline with the refined
+# decoder when there is one, and the decoder stage swaps it into an exported pipeline.
 READS: dict[str, tuple[str, ...]] = {
-    "unet": ("clip", "vae"), "decoder": ("vae", "unet"), "checker": ("decoder",),
+    "unet": ("clip", "vae"), "decoder": ("vae",), "checker": ("decoder",),
 }
 # Step budgets per hardware (with `BATCH`'s batch sizes). The shipped base is the "gpu"
 # recipe on one H100 (CLIP, UNet, decoder and checker in about 10 minutes; its VAE is the
@@ -60,6 +67,10 @@ BATCH: dict[str, dict[str, int]] = {
 # Scenes whose latents the UNet trains on (encoded once, before its first step).
 POOL: dict[str, int] = {"cpu": 40_000, "gpu": 200_000, "tiny": 64}
 P_EMPTY = 0.1
+# Peak learning rate of the UNet from scratch, and when it fine-tunes an exported UNet
+# (`train_base(unet_from=...)`: a smaller batch on a CPU continuing a GPU run).
+UNET_LR = 6e-4
+UNET_FINE_TUNE_LR = 1e-4
 # Classifier-free guidance scale the micro base renders with by default, and the one its
 # quality is measured at (benchmarks/micro_quality.py).
 GUIDANCE = 5.0
@@ -125,6 +136,15 @@ def _done(work: Path, stage: str) -> bool:
 
 def _mark(work: Path, stage: str, info: Mapping[str, object]) -> None:
     (work / f"{stage}.done").write_text(json.dumps(info, indent=2))
+
+
+def stale_after(stage: str) -> list[str]:
+    """The stages that read `stage`'s output, directly or through another stage."""
+    stale: list[str] = []
+    for later in STAGES[STAGES.index(stage) + 1 :]:
+        if any(s in (stage, *stale) for s in READS.get(later, ())):
+            stale.append(later)
+    return stale
 
 
 def require_stages(work: Path, *stages: str) -> None:
@@ -273,8 +293,8 @@ def train_decoder(
     show: bool = True,
 ) -> dict:
     """Refine the VAE's decoder with its encoder frozen, so the latent space the UNet learned
-    stays exactly the same; saves `work/decoder` (the whole VAE) and re-exports
-    `work/pipeline` with it.
+    stays exactly the same; saves `work/decoder` (the whole VAE) and, once the UNet stage
+    has exported `work/pipeline`, swaps it in there.
 
     The joint VAE run stops while colours still drift (brown decodes greenish, black as dark
     green); decoding is the cheaper half to keep training.
@@ -309,8 +329,9 @@ def train_decoder(
         )
     _, psnr = _vae_stats(vae, n=32 if tiny else 512, seed=seed + 99, device=device)
     vae.save_pretrained(work / "decoder")
-    pipe = StableDiffusionPipeline.from_pretrained(work / "pipeline")
-    export_pipeline(work / "pipeline", pipe.tokenizer, pipe.text_encoder, vae, pipe.unet)
+    if (work / "pipeline" / "model_index.json").exists():
+        pipe = StableDiffusionPipeline.from_pretrained(work / "pipeline")
+        export_pipeline(work / "pipeline", pipe.tokenizer, pipe.text_encoder, vae, pipe.unet)
     info = {"steps": steps, "batch": batch, "psnr_db": psnr}
     _mark(work, "decoder", info)
     return info
@@ -335,10 +356,13 @@ def _vae_stats(vae: AutoencoderKL, n: int, seed: int, device: torch.device) -> t
 def _load_clip_and_vae(
     work: Path, device: torch.device
 ) -> tuple[CLIPTokenizer, CLIPTextModel, AutoencoderKL]:
+    """The frozen text encoder and VAE the UNet trains on; the VAE has the refined decoder
+    when the decoder stage has run (its encoder, hence the latents, are the same)."""
     require_stages(work, *READS["unet"])
     tok = CLIPTokenizer.from_pretrained(work / "clip")
     te = models.text_encoder_from_clip(CLIPModel.from_pretrained(work / "clip")).to(device)
-    vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval().requires_grad_(False)
+    vae_dir = work / ("decoder" if _done(work, "decoder") else "vae")
+    vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval().requires_grad_(False)
     return tok, te, vae
 
 
@@ -376,12 +400,20 @@ def train_unet(
     tiny: bool = False,
     show: bool = True,
     pool_size: int | None = None,
+    unet_from: Path | None = None,
 ) -> dict:
     """ε-prediction UNet on precomputed latents: 10 % empty captions, min-SNR-5 weights,
-    offset noise (`OFFSET_NOISE`), EMA 0.999; exports `work/pipeline` at each checkpoint."""
+    offset noise (`OFFSET_NOISE`), EMA 0.999; exports `work/pipeline` at each checkpoint.
+
+    With `unet_from` (a pipeline folder) it fine-tunes that pipeline's UNet at
+    `UNET_FINE_TUNE_LR` instead of training a new one."""
     torch.manual_seed(seed)
     tok, te, vae = _load_clip_and_vae(work, device)
-    unet = models.make_unet(tiny, cross_attention_dim=te.config.hidden_size).to(device)
+    if unet_from is None:
+        unet = models.make_unet(tiny, cross_attention_dim=te.config.hidden_size)
+    else:
+        unet = _exported_unet(Path(unet_from), te.config.hidden_size)
+    unet = unet.to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     sched = models.make_noise_scheduler()
     alphas = sched.alphas_cumprod.to(device)
@@ -392,7 +424,8 @@ def train_unet(
     lat, ids = lat.to(device), ids.to(device)
     n = len(lat)
     empty = torch.tensor(tokenize(tok, [""]), device=device)[0]
-    opt = torch.optim.AdamW(unet.parameters(), lr=6e-4, weight_decay=0.01)
+    peak = UNET_LR if unet_from is None else UNET_FINE_TUNE_LR
+    opt = torch.optim.AdamW(unet.parameters(), lr=peak, weight_decay=0.01)
     batch = BATCH[hardware(device, tiny)]["unet"]
     ema_params, params = list(ema.parameters()), list(unet.parameters())
 
@@ -430,14 +463,29 @@ def train_unet(
         opt,
         step,
         budget,
-        warmup_cosine(6e-4, 200, floor=0.1),
+        warmup_cosine(peak, 200, floor=0.1),
         work / "unet.ckpt",
         on_checkpoint=export,
         show=show,
     )
     info = {"steps": steps, "batch": batch, "pool": n}
+    if unet_from is not None:
+        info["fine_tuned_from"] = str(unet_from)
     _mark(work, "unet", info)
     return info
+
+
+def _exported_unet(pipeline: Path, text_width: int) -> UNet2DConditionModel:
+    """The UNet of an exported pipeline folder, in fp32, checked against the text width."""
+    if not (pipeline / "unet" / "config.json").is_file():
+        raise PhubError(f"{pipeline} has no unet/ folder; pass a pipeline folder that "
+                        "`phub micro train-base` exported (e.g. <work>/pipeline)")
+    unet = UNet2DConditionModel.from_pretrained(pipeline / "unet", torch_dtype=torch.float32)
+    if unet.config.cross_attention_dim != text_width:
+        raise PhubError(f"the UNet in {pipeline} reads text of width "
+                        f"{unet.config.cross_attention_dim}, this run's text encoder gives "
+                        f"{text_width}; fine-tune a UNet trained with this CLIP")
+    return unet
 
 
 def export_pipeline(
@@ -499,6 +547,7 @@ def train_base(
     seed: int = 0,
     tiny: bool = False,
     show: bool = True,
+    unet_from: str | Path | None = None,
 ) -> dict[str, dict]:
     """Train the micro base's stages into `out_dir`, skipping finished ones when `resume`.
 
@@ -507,7 +556,8 @@ def train_base(
     makes the later stages that read its output (`READS`) run again too. Outputs:
     `out_dir/clip`, `out_dir/vae`, `out_dir/pipeline` (the StableDiffusionPipeline folder),
     `out_dir/decoder` and `out_dir/checker`; `install_assets(out_dir)` copies them into the
-    package.
+    package. `unet_from` (a pipeline folder) makes the UNet stage fine-tune that pipeline's
+    UNet rather than start from scratch.
     """
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -528,14 +578,15 @@ def train_base(
             continue
         if not resume:
             (work / f"{stage}.ckpt").unlink(missing_ok=True)
-        for later, inputs in READS.items():
-            if stage in inputs:
-                (work / f"{later}.done").unlink(missing_ok=True)
-                (work / f"{later}.ckpt").unlink(missing_ok=True)
+        for later in stale_after(stage):
+            (work / f"{later}.done").unlink(missing_ok=True)
+            (work / f"{later}.ckpt").unlink(missing_ok=True)
         budget = Budget(
             minutes=(minutes or {}).get(stage),
             steps=(steps or {}).get(stage, DEFAULT_STEPS[hardware(dev, tiny)][stage]),
         )
-        report[stage] = runners[stage](work, budget, dev, seed=seed, tiny=tiny, show=show)
+        extra = {"unet_from": Path(unet_from)} if stage == "unet" and unet_from else {}
+        report[stage] = runners[stage](work, budget, dev, seed=seed, tiny=tiny, show=show,
+                                       **extra)
         log.info("micro %s: %s", stage, report[stage])
     return report

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -22,6 +22,7 @@ from perfusion_hub.micro.assets import (
     micro_pipeline_path,
 )
 from perfusion_hub.micro.checker import Checker
+from perfusion_hub.micro.models import make_unet
 from perfusion_hub.micro.recipe import STAGES, train_base
 
 
@@ -87,11 +88,46 @@ def test_a_rerun_stage_makes_the_stages_reading_it_stale(
     out, _ = tiny_run
     work = shutil.copytree(out, tmp_path / "work")
     train_base(work, stages=("unet",), steps={"unet": 1}, resume=False, tiny=True, show=False)
-    assert (work / "unet.done").exists() and (work / "checker.done").exists()
-    assert not (work / "decoder.done").exists()
+    assert all((work / f"{s}.done").exists() for s in STAGES)
+    decoder = AutoencoderKL.from_pretrained(work / "decoder").decoder.conv_out.weight
+    exported = AutoencoderKL.from_pretrained(work / "pipeline" / "vae").decoder.conv_out.weight
+    assert torch.equal(exported.float(), decoder.half().float())
+    train_base(work, stages=("vae",), steps={"vae": 1}, resume=False, tiny=True, show=False)
+    assert not any((work / f"{s}.done").exists() for s in ("unet", "decoder", "checker"))
     again = train_base(work, stages=("decoder",), steps={"decoder": 1}, tiny=True, show=False)
     assert again["decoder"]["steps"] == 1 and (work / "decoder.done").exists()
     assert not (work / "checker.done").exists()
+
+
+def test_the_unet_stage_fine_tunes_an_exported_unet(
+    tiny_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = tiny_run
+    shutil.copytree(out / "pipeline", tmp_path / "start")
+    work = shutil.copytree(out, tmp_path / "work")
+    report = train_base(work, stages=("unet",), steps={"unet": 1}, resume=False, tiny=True,
+                        show=False, unet_from=tmp_path / "start")
+    assert report["unet"]["fine_tuned_from"] == str(tmp_path / "start")
+    start = UNet2DConditionModel.from_pretrained(tmp_path / "start" / "unet").conv_in.weight
+    tuned = UNet2DConditionModel.from_pretrained(work / "pipeline" / "unet").conv_in.weight
+    assert not torch.equal(start, tuned)
+    assert torch.allclose(start.float(), tuned.float(), atol=1e-3)
+
+
+def test_fine_tuning_refuses_a_folder_without_a_fitting_unet(
+    tiny_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = tiny_run
+    work = shutil.copytree(out, tmp_path / "work")
+    with pytest.raises(PhubError, match="no unet/ folder"):
+        train_base(work, stages=("unet",), steps={"unet": 1}, resume=False, tiny=True,
+                   show=False, unet_from=tmp_path)
+    wide = tmp_path / "wide"
+    UNet2DConditionModel(**{**dict(make_unet(tiny=True).config),
+                            "cross_attention_dim": 48}).save_pretrained(wide / "unet")
+    with pytest.raises(PhubError, match="width 48"):
+        train_base(work, stages=("unet",), steps={"unet": 1}, resume=False, tiny=True,
+                   show=False, unet_from=wide)
 
 
 def test_stages_need_the_outputs_they_read(tmp_path: Path) -> None:
