@@ -28,6 +28,9 @@ def train(
         "--lr-values", help="Learning rate of the value targets o*_V.")] = 0.03,
     weight_decay: Annotated[float, typer.Option(
         "--weight-decay", help="AdamW weight decay.")] = 0.0,
+    max_embedding_norm: Annotated[float, typer.Option(
+        "--max-embedding-norm", help="Keep ‖v*‖ at most this multiple of the superclass word "
+        "embedding's norm (0: no limit).")] = 0.0,
     masks: Annotated[Path | None, typer.Option(
         "--masks", help="Folder of grayscale masks named like the images; weights the loss.")
     ] = None,
@@ -59,7 +62,8 @@ def train(
             images, name=name, superclass=superclass, base=base, masks=masks, force=force,
             resume=resume, reporter=RichReporter(err_console), steps=steps,
             batch_size=batch_size, grad_accum=grad_accum, lr_embedding=lr_embedding,
-            lr_values=lr_values, weight_decay=weight_decay, lock=lock, method=method, seed=seed,
+            lr_values=lr_values, weight_decay=weight_decay,
+            max_embedding_norm=max_embedding_norm, lock=lock, method=method, seed=seed,
             resolution=resolution, flip=not no_flip, device=device,
             preview_every=preview_every, checkpoint_every=checkpoint_every,
         )

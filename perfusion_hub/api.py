@@ -131,9 +131,10 @@ class Hub:
         """Train concept `name` (token `<name>`) from the images in a folder and register it
         (method.md §5). Options: base, masks, force, resume, reporter (e.g.
         `RichReporter()`), on_step, and the `TrainOptions` fields (steps, batch_size,
-        grad_accum, lr_embedding, lr_values, weight_decay, lock, method, seed, resolution, flip,
-        device, preview_every, checkpoint_every). Returns a `TrainResult`; Ctrl-C raises
-        `TrainingInterrupted` after checkpointing (continue with resume=True)."""
+        grad_accum, lr_embedding, lr_values, weight_decay, max_embedding_norm, lock, method,
+        seed, resolution, flip, device, preview_every, checkpoint_every). Returns a
+        `TrainResult`; Ctrl-C raises `TrainingInterrupted` after checkpointing (continue with
+        resume=True)."""
         from perfusion_hub.training import train_concept
 
         return train_concept(self, images, name=name, superclass=superclass, **options)

@@ -122,6 +122,19 @@ def test_superclass_input_is_the_first_batch_mean(images, tmp_path):
     assert torch.allclose(state.value_target(layer.name).detach(), to_v @ expected, atol=1e-6)
 
 
+def test_max_embedding_norm_keeps_v_star_word_sized(images, tmp_path):
+    base = tiny_base()
+    superclass = base.pipe.text_encoder.get_input_embeddings().weight[token_id(base.pipe, "cat")]
+    limit = 1.5 * float(superclass.norm())
+    free = run(base, images, tmp_path / "free", lr_embedding=0.5).state.word_embedding
+    capped = run(base, images, tmp_path / "capped", lr_embedding=0.5,
+                 max_embedding_norm=1.5).state.word_embedding
+    assert float(free.norm()) > limit
+    assert float(capped.norm()) == pytest.approx(limit, rel=1e-5)
+    with pytest.raises(TrainingError, match="--max-embedding-norm"):
+        TrainOptions(max_embedding_norm=-1.0)
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch):
     straight = run(tiny_base(), images, tmp_path / "a", steps=5).state
     calls = {"n": 0}

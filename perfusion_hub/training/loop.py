@@ -136,6 +136,8 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
     if state.edits:  # o*_V, and o*_K without key-locking
         groups.append({"params": state.output_targets(), "lr": options.lr_values})
     optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
+    superclass_norm = float(pipe.text_encoder.get_input_embeddings().weight[superclass_id].norm())
+    embedding_limit = options.max_embedding_norm * superclass_norm
     completed = 0
     losses: list[float] = []
     elapsed_before = 0.0
@@ -178,6 +180,8 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
                         scaler.update()
                     else:
                         optimizer.step()
+                    if embedding_limit:
+                        cap_norm_(state.word_embedding, embedding_limit)
                     completed += 1
                     losses.append(loss)
                 reporter.advance(completed, loss)
@@ -205,6 +209,14 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
     return LoopResult(state.cpu(), templates, resolution, losses,
                       elapsed_before + time.perf_counter() - started, resumed_from,
                       str(half or torch.float32).removeprefix("torch."), device.type)
+
+
+@torch.no_grad()
+def cap_norm_(vector: torch.Tensor, limit: float) -> None:
+    """Scale `vector` down, in place, to norm `limit` when it is longer."""
+    norm = float(vector.norm())
+    if norm > limit:
+        vector.mul_(limit / norm)
 
 
 def _step(state: ConceptState, text: _TextEncoder, unet: nn.Module, data: _Latents,

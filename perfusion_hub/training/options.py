@@ -19,8 +19,10 @@ class TrainOptions:
     """Everything that shapes the result. Defaults are the reference recipe of method.md §5.
 
     `steps` counts optimiser steps; each sees `batch_size × grad_accum` images.
-    `resolution` None means the base's own. `method` picks Perfusion or a comparison
-    baseline: "no-key-lock" trains o*_K with o*_V (at `lr_values`), "textual-inversion" v* only.
+    `max_embedding_norm` > 0 rescales v* after each step so that ‖v*‖ stays at most that
+    multiple of the superclass word embedding's norm. `resolution` None means the base's own.
+    `method` picks Perfusion or a comparison baseline: "no-key-lock" trains o*_K with o*_V
+    (at `lr_values`), "textual-inversion" v* only.
     """
 
     steps: int = 400
@@ -29,6 +31,7 @@ class TrainOptions:
     lr_embedding: float = 0.006
     lr_values: float = 0.03
     weight_decay: float = 0.0
+    max_embedding_norm: float = 0.0
     lock: str = "local"
     method: str = "perfusion"
     seed: int = 0
@@ -46,7 +49,7 @@ class TrainOptions:
         for name in ("preview_every", "checkpoint_every"):
             if int(getattr(self, name)) < 0:
                 raise TrainingError(f"--{name.replace('_', '-')} must be 0 (off) or positive.")
-        for name in ("lr_embedding", "lr_values", "weight_decay"):
+        for name in ("lr_embedding", "lr_values", "weight_decay", "max_embedding_norm"):
             if not float(getattr(self, name)) >= 0:
                 raise TrainingError(f"--{name.replace('_', '-')} must be a non-negative number.")
         if self.lock not in LOCK_MODES:
