@@ -89,6 +89,7 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
         "method": {
             "train_beta": TRAIN_BETA, "train_tau": TRAIN_TAU, "ema_decay": EMA_DECAY,
             "target_input_gradient": False, "weight_decay": settings.weight_decay,
+            "max_embedding_norm": settings.max_embedding_norm,
             "lock": settings.lock, "name": settings.method, "keys": KEYS[settings.method],
             "superclass_input": "superclass encoding at the concept position, first batch mean",
             "covariance_positions": _covariance_positions(hub.registry, loaded.name),
