@@ -181,7 +181,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
                     else:
                         optimizer.step()
                     if embedding_limit:
-                        cap_norm_(state.word_embedding, embedding_limit)
+                        _cap_norm_(state.word_embedding, embedding_limit)
                     completed += 1
                     losses.append(loss)
                 reporter.advance(completed, loss)
@@ -212,7 +212,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
 
 
 @torch.no_grad()
-def cap_norm_(vector: torch.Tensor, limit: float) -> None:
+def _cap_norm_(vector: torch.Tensor, limit: float) -> None:
     """Scale `vector` down, in place, to norm `limit` when it is longer."""
     norm = float(vector.norm())
     if norm > limit:
