@@ -42,7 +42,7 @@ def train(hub, images, *extra, name="my-cat"):
 
 
 def test_cli_trains_registers_and_the_file_composes(hub, images):
-    result = train(hub, images)
+    result = train(hub, images, "--max-embedding-norm", "1.5")
     assert result.exit_code == 0, result.output
     record = hub.get("my-cat")
     assert "Skipping notes.txt" in result.output
@@ -52,6 +52,7 @@ def test_cli_trains_registers_and_the_file_composes(hub, images):
     assert record.training["options"]["steps"] == 2 and record.training["steps"] == 2
     assert record.training["method"]["target_input_gradient"] is False
     assert record.training["method"]["covariance_positions"] == "content"
+    assert record.training["method"]["max_embedding_norm"] == 1.5
     assert not (hub.settings.checkpoints_dir / "tiny" / "my-cat" / "checkpoint.safetensors"
                 ).exists()
     concept = hub.load("my-cat")
@@ -100,6 +101,7 @@ def test_ctrl_c_checkpoints_exits_130_and_resume_finishes(hub, images, monkeypat
     (("--base", "nope"), "No base named 'nope'"),
     (("--superclass", "kitten"), "'kitten' is"),
     (("--lock", "sideways"), "--lock must be one of"),
+    (("--max-embedding-norm", "-1"), "--max-embedding-norm must be a non-negative number"),
 ])
 def test_bad_options_fail_with_a_message(hub, images, args, message):
     result = train(hub, images, *args)
