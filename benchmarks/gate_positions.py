@@ -23,23 +23,21 @@ from perfusion_hub.perfusion import apply
 from perfusion_hub.perfusion.math import gate, similarity
 
 
-def token_rows(pipe, prompt: str, encoding: torch.Tensor, target: torch.Tensor,
-               inv_cov: torch.Tensor, beta: float, tau: float) -> list[tuple[str, float, float]]:
+def gates(encoding: torch.Tensor, target: torch.Tensor, inv_cov: torch.Tensor, beta: float,
+          tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(e) to `target` and σ((s − β) / τ) at every row of a padded encoding."""
+    s = similarity(encoding.float(), target[None].float(), inv_cov.float())[:, 0]
+    return s, gate(s, beta, tau)
+
+
+def token_rows(pipe, prompt: str, s: torch.Tensor,
+               g: torch.Tensor) -> list[tuple[str, float, float]]:
     """(token, s, gate) for the prompt's tokens and its first end-of-text."""
     ids = pipe.tokenizer(prompt, truncation=True,
                          max_length=pipe.tokenizer.model_max_length).input_ids
-    s = similarity(encoding[: len(ids)].float(), target[None].float(), inv_cov.float())[:, 0]
-    g = gate(s, beta, tau)
     tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
-    return [(t.removesuffix("</w>"), float(a), float(b)) for t, a, b in zip(tokens, s, g,
-                                                                             strict=True)]
-
-
-def total_gate(encoding: torch.Tensor, target: torch.Tensor, inv_cov: torch.Tensor,
-               beta: float, tau: float) -> float:
-    """Σ of the gate over every row of a padded encoding."""
-    return float(gate(similarity(encoding.float(), target[None].float(), inv_cov.float()),
-                      beta, tau).sum())
+    return [(t.removesuffix("</w>"), float(a), float(b))
+            for t, a, b in zip(tokens, s[: len(ids)], g[: len(ids)], strict=True)]
 
 
 def main() -> None:
@@ -61,10 +59,9 @@ def main() -> None:
         beta, tau = float(state.beta), float(state.tau)
         for prompt in args.prompts:
             plain = prompt.replace(state.token, state.superclass)
-            encoded, described = edit.encode(prompt)[0], edit.encode(plain)[0]
-            rows = token_rows(pipe, prompt, encoded, state.target_input, inv_cov, beta, tau)
-            words = token_rows(pipe, plain, described, state.superclass_input, inv_cov, beta,
-                               tau)
+            concept = gates(edit.encode(prompt)[0], state.target_input, inv_cov, beta, tau)
+            word = gates(edit.encode(plain)[0], state.superclass_input, inv_cov, beta, tau)
+            rows, words = token_rows(pipe, prompt, *concept), token_rows(pipe, plain, *word)
             table = Table(title=f"{prompt!r}: s and gate (β {beta}, τ {tau})")
             for column in ("token", "s to i*", "gate", "word", "s to ī_super", "gate "):
                 table.add_column(column, justify="right")
@@ -72,11 +69,9 @@ def main() -> None:
                 table.add_row(t, f"{s:.2f}", f"{g:.2f}", w, f"{s0:.2f}", f"{g0:.2f}")
             console.print(table)
             console.print(
-                f"gates summed over all {len(encoded)} positions the UNet reads (padding "
-                f"included): {total_gate(encoded, state.target_input, inv_cov, beta, tau):.1f} "
-                f"with the concept, "
-                f"{total_gate(described, state.superclass_input, inv_cov, beta, tau):.1f} "
-                "with the word")
+                f"gates summed over all {len(concept[1])} positions the UNet reads (padding "
+                f"included): {float(concept[1].sum()):.1f} with the concept, "
+                f"{float(word[1].sum()):.1f} with the word")
 
 
 if __name__ == "__main__":

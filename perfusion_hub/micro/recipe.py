@@ -569,7 +569,8 @@ def train_base(
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    runners = {"clip": train_clip, "vae": train_vae, "unet": train_unet,
+    runners = {"clip": train_clip, "vae": train_vae,
+               "unet": partial(train_unet, unet_from=Path(unet_from) if unet_from else None),
                "decoder": train_decoder, "checker": _train_checker}
     report: dict[str, dict] = {}
     for stage in (s for s in STAGES if s in stages):
@@ -585,8 +586,6 @@ def train_base(
             minutes=(minutes or {}).get(stage),
             steps=(steps or {}).get(stage, DEFAULT_STEPS[hardware(dev, tiny)][stage]),
         )
-        extra = {"unet_from": Path(unet_from)} if stage == "unet" and unet_from else {}
-        report[stage] = runners[stage](work, budget, dev, seed=seed, tiny=tiny, show=show,
-                                       **extra)
+        report[stage] = runners[stage](work, budget, dev, seed=seed, tiny=tiny, show=show)
         log.info("micro %s: %s", stage, report[stage])
     return report
