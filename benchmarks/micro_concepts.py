@@ -43,7 +43,6 @@ from perfusion_hub.evaluate.plot import Point, Series, save_plot
 from perfusion_hub.evaluate.run import evaluate_concept
 from perfusion_hub.micro.world import MY_CAT, MY_CHAIR, Instance, object_phrase
 from perfusion_hub.training.images import read_image_folder
-from perfusion_hub.training.options import TrainOptions
 
 METHODS = ("perfusion", "no-key-lock", "textual-inversion")
 PLAIN = "a {}"
@@ -51,7 +50,10 @@ RECONTEXT = ("a {} on a green background", "a {} next to a red ball")
 PAIR = "a {} on a {other}"
 TARGETS = {"instance": 0.85, "recontext": 0.75, "pair": 0.60}
 SWEEP = "beta=0.5:0.8:4"
-RECIPE = ("steps", "batch_size", "grad_accum", "lr_embedding", "lr_values", "max_embedding_norm")
+# The `TrainOptions` fields the command line can set, with their types.
+RECIPE: dict[str, type] = {"steps": int, "batch_size": int, "grad_accum": int,
+                           "lr_embedding": float, "lr_values": float,
+                           "max_embedding_norm": float}
 
 
 def instance_data(data: Path, count: int) -> dict[str, tuple[Path, Path]]:
@@ -141,10 +143,10 @@ def main() -> None:
     parser.add_argument("--sweep-seeds", type=int, default=32,
                         help=f"renders per prompt and β of the {SWEEP} sweep (0: none)")
     parser.add_argument("--images", type=int, default=6, help="training images per instance")
-    for name in RECIPE:
+    for name, kind in RECIPE.items():
         flag = "--train-steps" if name == "steps" else f"--{name.replace('_', '-')}"
-        parser.add_argument(flag, dest=name, type=type(getattr(TrainOptions(), name)),
-                            default=None, help="default: the training default")
+        parser.add_argument(flag, dest=name, type=kind, default=None,
+                            help="default: the training default")
     parser.add_argument("--sample-steps", type=int, default=None,
                         help="denoising steps (default: the base's)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,

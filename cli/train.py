@@ -28,9 +28,9 @@ def train(
         "--lr-values", help="Learning rate of the value targets o*_V.")] = 0.03,
     weight_decay: Annotated[float, typer.Option(
         "--weight-decay", help="AdamW weight decay.")] = 0.0,
-    max_embedding_norm: Annotated[float, typer.Option(
+    max_embedding_norm: Annotated[float | None, typer.Option(
         "--max-embedding-norm", help="Keep ‖v*‖ at most this multiple of the superclass word "
-        "embedding's norm (0: no limit).")] = 0.0,
+        "embedding's norm (0: no limit; default: the base's, 1 on micro, else 0).")] = None,
     masks: Annotated[Path | None, typer.Option(
         "--masks", help="Folder of grayscale masks named like the images; weights the loss.")
     ] = None,

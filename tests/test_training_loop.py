@@ -135,6 +135,20 @@ def test_max_embedding_norm_keeps_v_star_word_sized(images, tmp_path):
         TrainOptions(max_embedding_norm=-1.0)
 
 
+def test_a_base_can_name_the_default_bound(images, tmp_path):
+    base = tiny_base()
+    superclass = base.pipe.text_encoder.get_input_embeddings().weight[token_id(base.pipe, "cat")]
+    assert run(base, images, tmp_path / "none").options.max_embedding_norm == 0.0
+    base.options["max_embedding_norm"] = 1.5
+    by_base = run(base, images, tmp_path / "base", lr_embedding=0.5)
+    assert by_base.options.max_embedding_norm == 1.5
+    assert float(by_base.state.word_embedding.norm()) == pytest.approx(
+        1.5 * float(superclass.norm()), rel=1e-5)
+    free = run(base, images, tmp_path / "free", lr_embedding=0.5, max_embedding_norm=0.0)
+    assert free.options.max_embedding_norm == 0.0
+    assert float(free.state.word_embedding.norm()) > 1.5 * float(superclass.norm())
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch):
     straight = run(tiny_base(), images, tmp_path / "a", steps=5).state
     calls = {"n": 0}

@@ -86,7 +86,8 @@ def base_options(pipe_or_folder: Any) -> dict[str, Any]:
     """Options of a base: its optional `phub_base.json` over defaults.
 
     Keys: name (or None), resolution (pixels), train_templates, scheduler (class name or None),
-    and optionally the render defaults steps and guidance.
+    and optionally the render defaults steps and guidance and the training default
+    max_embedding_norm (`TrainOptions.for_base`).
     """
     if isinstance(pipe_or_folder, (str, Path)):
         folder: Path | None = Path(pipe_or_folder)

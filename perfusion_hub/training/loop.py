@@ -65,9 +65,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class LoopResult:
-    """A finished run: the trained state and what happened."""
+    """A finished run: the trained state, the options it ran with (the base's defaults
+    filled in) and what happened."""
 
     state: ConceptState
+    options: TrainOptions
     templates: tuple[str, ...]
     resolution: int
     losses: list[float]
@@ -100,6 +102,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
     from perfusion_hub.perfusion import apply
 
     started = time.perf_counter()
+    options = options.for_base(loaded.options)
     pipe = loaded.pipe
     device = pipe.unet.device
     for module in (pipe.text_encoder, pipe.unet, pipe.vae):
@@ -206,7 +209,7 @@ def train_loop(loaded: Any, images: ImageFolder, *, name: str, superclass: str,
             ) from error
         finally:
             reporter.stop()
-    return LoopResult(state.cpu(), templates, resolution, losses,
+    return LoopResult(state.cpu(), options, templates, resolution, losses,
                       elapsed_before + time.perf_counter() - started, resumed_from,
                       str(half or torch.float32).removeprefix("torch."), device.type)
 

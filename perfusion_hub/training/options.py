@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from perfusion_hub.concepts import LOCK_MODES, METHODS
@@ -20,7 +21,8 @@ class TrainOptions:
 
     `steps` counts optimiser steps; each sees `batch_size × grad_accum` images.
     `max_embedding_norm` > 0 rescales v* after each step so that ‖v*‖ stays at most that
-    multiple of the superclass word embedding's norm. `resolution` None means the base's own.
+    multiple of the superclass word embedding's norm; 0 leaves it free, None takes the base's
+    own bound (`for_base`). `resolution` None means the base's own.
     `method` picks Perfusion or a comparison baseline: "no-key-lock" trains o*_K with o*_V
     (at `lr_values`), "textual-inversion" v* only.
     """
@@ -31,7 +33,7 @@ class TrainOptions:
     lr_embedding: float = 0.006
     lr_values: float = 0.03
     weight_decay: float = 0.0
-    max_embedding_norm: float = 0.0
+    max_embedding_norm: float | None = None
     lock: str = "local"
     method: str = "perfusion"
     seed: int = 0
@@ -50,7 +52,8 @@ class TrainOptions:
             if int(getattr(self, name)) < 0:
                 raise TrainingError(f"--{name.replace('_', '-')} must be 0 (off) or positive.")
         for name in ("lr_embedding", "lr_values", "weight_decay", "max_embedding_norm"):
-            if not float(getattr(self, name)) >= 0:
+            value = getattr(self, name)
+            if value is not None and not float(value) >= 0:
                 raise TrainingError(f"--{name.replace('_', '-')} must be a non-negative number.")
         if self.lock not in LOCK_MODES:
             raise TrainingError(f"--lock must be one of {', '.join(LOCK_MODES)}, "
@@ -67,6 +70,14 @@ class TrainOptions:
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise TrainingError("--resolution must be a positive multiple of 8 (the VAE's "
                                 "downsampling factor).")
+
+    def for_base(self, base_options: Mapping[str, Any]) -> TrainOptions:
+        """These options with the base's training defaults (its `phub_base.json`) where
+        they are None: `max_embedding_norm`, else 0."""
+        if self.max_embedding_norm is not None:
+            return self
+        bound = float(base_options.get("max_embedding_norm", 0.0))
+        return replace(self, max_embedding_norm=bound)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,7 +72,7 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
     final = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     training = {
         "tool": "phub train",
-        "options": {**settings.to_json(), "resolution": result.resolution},
+        "options": {**result.options.to_json(), "resolution": result.resolution},
         "images": [path.name for path in folder.paths],
         "images_dir": str(Path(images).expanduser().resolve()),
         "images_sha256": folder.digest,
@@ -89,7 +89,7 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
         "method": {
             "train_beta": TRAIN_BETA, "train_tau": TRAIN_TAU, "ema_decay": EMA_DECAY,
             "target_input_gradient": False, "weight_decay": settings.weight_decay,
-            "max_embedding_norm": settings.max_embedding_norm,
+            "max_embedding_norm": result.options.max_embedding_norm,
             "lock": settings.lock, "name": settings.method, "keys": KEYS[settings.method],
             "superclass_input": "superclass encoding at the concept position, first batch mean",
             "covariance_positions": _covariance_positions(hub.registry, loaded.name),

@@ -17,6 +17,7 @@ from perfusion_hub.micro.assets import (
     micro_pipeline_path,
     text_embeddings,
 )
+from perfusion_hub.micro.recipe import MAX_EMBEDDING_NORM, TRAIN_TEMPLATES
 
 
 def test_shipped_pipeline_loads_offline_and_renders(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,10 +38,18 @@ def test_shipped_pipeline_loads_offline_and_renders(monkeypatch: pytest.MonkeyPa
 def test_base_metadata_has_templates() -> None:
     meta = base_metadata()
     assert meta["name"] == "micro" and meta["resolution"] == 64
-    templates = meta["train_templates"]
-    assert len(templates) >= 10 and all(t.count("{}") == 1 for t in templates)
-    for t in templates:
-        w.parse_caption(t.format("red cat"))
+    assert tuple(meta["train_templates"]) == TRAIN_TEMPLATES
+    assert meta["max_embedding_norm"] == MAX_EMBEDDING_NORM
+
+
+@pytest.mark.parametrize("template", TRAIN_TEMPLATES)
+def test_training_templates_name_nothing_the_images_may_lack(template: str) -> None:
+    """A training prompt holds for every image of an instance: one object, and no background,
+    position or size that an image could contradict."""
+    assert template.count("{}") == 1
+    spec = w.parse_caption(template.format("red cat"))
+    assert len(spec.objects) == 1 and spec.background is None
+    assert spec.objects[0].position is None and spec.objects[0].size is None
 
 
 def test_assets_fit_the_size_budget() -> None:
