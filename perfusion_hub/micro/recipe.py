@@ -83,11 +83,11 @@ FOREGROUND_WEIGHT = 4.0
 # The prompts `phub train` uses on this base. Only words that hold for every training image:
 # a template that names a background, position or second object the images lack ("a {} on a
 # red background" under an image on brown) teaches the concept to override those words, and
-# its renders then ignore them (docs/micro-results.md, "Training prompts").
+# its renders then ignore them (docs/micro-results.md, "Training prompts and the bound on v*").
 TRAIN_TEMPLATES: tuple[str, ...] = ("a {}",)
 # The bound on ‖v*‖ (× the superclass word's norm) that `phub train` applies on this base
 # unless told otherwise: this causal text encoder hands v* to every later token, and an
-# unbounded v* opens the concept's gate on them (docs/micro-results.md, "Training prompts").
+# unbounded v* opens the concept's gate on them (same section).
 MAX_EMBEDDING_NORM = 1.0
 
 
