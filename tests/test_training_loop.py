@@ -122,10 +122,15 @@ def test_superclass_input_is_the_first_batch_mean(images, tmp_path):
     assert torch.allclose(state.value_target(layer.name).detach(), to_v @ expected, atol=1e-6)
 
 
+def superclass_norm(base: LoadedBase) -> float:
+    """‖word embedding of "cat"‖ in the base's text encoder."""
+    embeddings = base.pipe.text_encoder.get_input_embeddings().weight
+    return float(embeddings[token_id(base.pipe, "cat")].norm())
+
+
 def test_max_embedding_norm_keeps_v_star_word_sized(images, tmp_path):
     base = tiny_base()
-    superclass = base.pipe.text_encoder.get_input_embeddings().weight[token_id(base.pipe, "cat")]
-    limit = 1.5 * float(superclass.norm())
+    limit = 1.5 * superclass_norm(base)
     free = run(base, images, tmp_path / "free", lr_embedding=0.5).state.word_embedding
     capped = run(base, images, tmp_path / "capped", lr_embedding=0.5,
                  max_embedding_norm=1.5).state.word_embedding
@@ -137,16 +142,15 @@ def test_max_embedding_norm_keeps_v_star_word_sized(images, tmp_path):
 
 def test_a_base_can_name_the_default_bound(images, tmp_path):
     base = tiny_base()
-    superclass = base.pipe.text_encoder.get_input_embeddings().weight[token_id(base.pipe, "cat")]
+    limit = 1.5 * superclass_norm(base)
     assert run(base, images, tmp_path / "none").options.max_embedding_norm == 0.0
     base.options["max_embedding_norm"] = 1.5
     by_base = run(base, images, tmp_path / "base", lr_embedding=0.5)
     assert by_base.options.max_embedding_norm == 1.5
-    assert float(by_base.state.word_embedding.norm()) == pytest.approx(
-        1.5 * float(superclass.norm()), rel=1e-5)
+    assert float(by_base.state.word_embedding.norm()) == pytest.approx(limit, rel=1e-5)
     free = run(base, images, tmp_path / "free", lr_embedding=0.5, max_embedding_norm=0.0)
     assert free.options.max_embedding_norm == 0.0
-    assert float(free.state.word_embedding.norm()) > 1.5 * float(superclass.norm())
+    assert float(free.state.word_embedding.norm()) > limit
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch):

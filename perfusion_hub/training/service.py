@@ -69,17 +69,18 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
                      f"{len(folder)} images, {settings.steps} steps on {device.type}.")
     result = train_loop(loaded, folder, name=name, superclass=superclass, options=settings,
                         folder=checkpoints, resume=resume, reporter=reporter, on_step=on_step)
+    ran = result.options  # with the base's defaults filled in
     final = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     training = {
         "tool": "phub train",
-        "options": {**result.options.to_json(), "resolution": result.resolution},
+        "options": {**ran.to_json(), "resolution": result.resolution},
         "images": [path.name for path in folder.paths],
         "images_dir": str(Path(images).expanduser().resolve()),
         "images_sha256": folder.digest,
         "masks": folder.masks is not None,
         "templates": list(result.templates),
         "steps": len(result.losses),
-        "effective_batch": settings.batch_size * settings.grad_accum,
+        "effective_batch": ran.batch_size * ran.grad_accum,
         "loss_first": result.losses[0] if result.losses else None,
         "loss_last10": final,
         "seconds": round(result.seconds, 2),
@@ -88,9 +89,9 @@ def train_concept(hub: Any, images: str | Path, *, name: str, superclass: str,
         "resumed_from": result.resumed_from,
         "method": {
             "train_beta": TRAIN_BETA, "train_tau": TRAIN_TAU, "ema_decay": EMA_DECAY,
-            "target_input_gradient": False, "weight_decay": settings.weight_decay,
-            "max_embedding_norm": result.options.max_embedding_norm,
-            "lock": settings.lock, "name": settings.method, "keys": KEYS[settings.method],
+            "target_input_gradient": False, "weight_decay": ran.weight_decay,
+            "max_embedding_norm": ran.max_embedding_norm,
+            "lock": ran.lock, "name": ran.method, "keys": KEYS[ran.method],
             "superclass_input": "superclass encoding at the concept position, first batch mean",
             "covariance_positions": _covariance_positions(hub.registry, loaded.name),
             "loss": "epsilon-MSE, uniform timesteps" + (", soft mask weight"
