@@ -1,6 +1,8 @@
 """Where a concept's gate opens: s(e) and σ((s − β) / τ) at every token of a prompt.
 
     python benchmarks/gate_positions.py --home HOME my-cat "a <my-cat> next to a red ball"
+    python benchmarks/gate_positions.py --home HOME --with my-cat my-chair \
+        "a <my-cat> on a <my-chair>"
 
 The gate of method.md §3 should open on the concept's own token and stay near σ(−β/τ) on the
 others. With a causal text encoder every token after the concept also reads the concept, so
@@ -46,19 +48,23 @@ def main() -> None:
     parser.add_argument("prompts", nargs="+", help='prompts with <name>, e.g. "a <my-cat>"')
     parser.add_argument("--home", type=Path, default=None, help="phub home (default: phub's)")
     parser.add_argument("--base", default=None)
+    parser.add_argument("--with", dest="others", action="append", default=[],
+                        help="another registered concept the prompts name, installed alongside "
+                             "(repeatable)")
     args = parser.parse_args()
 
     hub = Hub(args.home)
-    record = hub.registry.get(args.concept, args.base)
-    concept = hub.registry.load(record)
-    loaded = hub.open_base(record.base_name)
+    records = [hub.registry.get(name, args.base) for name in (args.concept, *args.others)]
+    loaded = hub.open_base(records[0].base_name)
     pipe, inv_cov = loaded.pipe, torch.as_tensor(loaded.inverse_covariance)
     console = Console()
-    with apply(pipe, [concept], inv_cov) as edit, torch.no_grad():
+    with apply(pipe, [hub.registry.load(r) for r in records], inv_cov) as edit, torch.no_grad():
         state = edit.states[0]
         beta, tau = float(state.beta), float(state.tau)
         for prompt in args.prompts:
-            plain = prompt.replace(state.token, state.superclass)
+            plain = prompt
+            for installed in edit.states:
+                plain = plain.replace(installed.token, installed.superclass)
             concept = gates(edit.encode(prompt)[0], state.target_input, inv_cov, beta, tau)
             word = gates(edit.encode(plain)[0], state.superclass_input, inv_cov, beta, tau)
             rows, words = token_rows(pipe, prompt, *concept), token_rows(pipe, plain, *word)

@@ -107,8 +107,8 @@ def test_eval_passes_on_what_the_renderer_notes(world: dict, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from perfusion_hub.perfusion.install import PerfusionEdit
 
-    monkeypatch.setattr(PerfusionEdit, "overlaps",
-                        lambda self, betas=None, taus=None: [f"{len(self.states)} concepts"])
+    monkeypatch.setattr(PerfusionEdit, "gate_notes", lambda self, prompt, betas=None,
+                        taus=None: [f"{len(self.states)} concepts"])
     report = world["hub"].evaluate("my-cat", other="my-chair", clip=world["clip"], seeds=1,
                                    steps=2, prompts=["a {} next to a {other}"],
                                    out=tmp_path / "out")

@@ -149,37 +149,83 @@ def test_overrides_apply_to_every_concept_and_are_undone(pipe, inv, concepts):
     assert (state.beta, state.tau, state.lock) == (concepts[0].beta, concepts[0].tau, "local")
 
 
-def test_overlapping_concepts_are_reported_by_name(pipe, inv, concepts):
+PAIR = "a <my-cat> on a <my-chair>"
+
+
+def encodings_at_tokens(pipe, inv, states, prompt):
+    """The prompt's encoding at each concept's token, by concept name."""
+    with apply(pipe, states, inv) as edit, torch.no_grad():
+        ids = edit.tokenizer(prompt).input_ids
+        encoding = edit.encode(prompt)[0]
+        return {s.name: encoding[ids.index(t)].clone()
+                for s, t in zip(edit.states, edit.token_ids, strict=True)}
+
+
+def input_with(inv, rows, similarities):
+    """An i* whose s(e) is `similarities[k]` at `rows[k]`: with G = X C⁻¹ Xᵀ,
+    i = Xᵀ G⁻¹ y / (yᵀ G⁻¹ y) gives X C⁻¹ i = y · iᵀ C⁻¹ i."""
+    x, y = torch.stack(rows).double(), torch.tensor(similarities, dtype=torch.float64)
+    solved = torch.linalg.solve(x @ inv.double() @ x.T, y)
+    return (x.T @ solved / (y @ solved)).float()
+
+
+def set_inputs(states, inputs):
+    with torch.no_grad():
+        for state, target in zip(states, inputs, strict=True):
+            state.target_input.copy_(target)
+
+
+def test_gate_notes_name_a_gate_that_opens_on_another_concepts_token(pipe, inv, concepts):
     cat, chair = (ConceptState.from_concept(c) for c in concepts)
-    with apply(pipe, [cat], inv) as edit:
-        assert edit.overlaps() == []
-    metric = inv.double()
-    a, b = cat.target_input.detach().double(), chair.target_input.detach().double()
-    with torch.no_grad():  # C⁻¹-orthogonal to the cat's input: s = 0 both ways
-        chair.target_input.copy_(b - (a @ metric @ b) / (a @ metric @ a) * a)
+    at = encodings_at_tokens(pipe, inv, [cat, chair], PAIR)
+    rows = [at["my-cat"], at["my-chair"]]
+    set_inputs([cat, chair], [input_with(inv, rows, [1.0, 0.0]), input_with(inv, rows, [0.0, 1.0])])
     with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
-        assert edit.overlaps() == []
-    with torch.no_grad():  # toward the cat's input: s_cat(i*_chair) = 0.6
-        chair.target_input.add_(0.6 * cat.target_input)
+        assert edit.gate_notes(PAIR) == []
+        assert edit.gate_notes("a <my-cat>") == []
+    set_inputs([cat], [input_with(inv, rows, [1.0, 0.6])])  # s_cat = 0.6 at <my-chair>
     with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
-        notes = edit.overlaps()
+        notes = edit.gate_notes(PAIR)
         # a render's own β decides: at the suggested one the gate lets less than 25 % through
-        raised = edit.overlaps(betas={"my-cat": 0.77})
-        lowered = edit.overlaps(betas={"my-cat": 0.5})
-    assert notes[0] == (
+        raised = edit.gate_notes(PAIR, betas={"my-cat": 0.77})
+        lowered = edit.gate_notes(PAIR, betas={"my-cat": 0.5})
+        alone = edit.gate_notes("a <my-cat> next to a chair")
+    assert notes == [
         "<my-chair> opens the gate of <my-cat> to 34% (similarity to <my-cat>'s input 0.60, "
         "β 0.70): my-cat's look also lands on <my-chair>. Raise its β to 0.77 or more "
-        "(<my-cat:beta=...>), or retrain one of the two.")
-    assert not any(n.startswith("<my-chair> opens") for n in raised)
+        "(<my-cat:beta=...>), or retrain one of the two."]
+    assert raised == [] and alone == []
     assert lowered[0].startswith("<my-chair> opens the gate of <my-cat> to 66%")
-    with torch.no_grad():
-        chair.target_input.copy_(cat.target_input)
+    set_inputs([cat, chair], [input_with(inv, rows, [1.0, 1.0])] * 2)
     with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
-        notes = edit.overlaps()
-    assert [n.split(" (")[0] for n in notes] == ["<my-chair> opens the gate of <my-cat> to 88%",
-                                                 "<my-cat> opens the gate of <my-chair> to 88%"]
+        notes = edit.gate_notes(PAIR)
+    assert [n.split(" (")[0] for n in notes] == ["<my-cat> opens the gate of <my-chair> to 88%",
+                                                 "<my-chair> opens the gate of <my-cat> to 88%"]
     assert all(n.endswith("Retrain one of the two: their inputs are too alike for a β that "
                           "keeps its own gate open.") for n in notes)
+
+
+def test_gate_notes_name_a_concept_whose_own_gate_stays_shut_in_the_prompt(pipe, inv, concepts):
+    cat, chair = (ConceptState.from_concept(c) for c in concepts)
+    at = encodings_at_tokens(pipe, inv, [cat, chair], PAIR)
+    rows = [at["my-cat"], at["my-chair"]]
+    set_inputs([cat, chair], [input_with(inv, rows, [1.0, 0.0]),
+                              input_with(inv, rows, [0.0, 0.45])])
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.gate_notes(PAIR)
+        lowered = edit.gate_notes(PAIR, betas={"my-chair": 0.45})
+        without = edit.gate_notes("a <my-cat> on a chair")
+    assert notes == [
+        "<my-chair> opens its own gate only to 16% in this prompt (similarity to its input 0.45, "
+        "β 0.70): the words around it change its encoding, so little of my-chair's look reaches "
+        "the image. Lower its β to 0.45 or less (<my-chair:beta=...>), which also opens it on "
+        "tokens that resemble it, or word the prompt more like its training prompts."]
+    assert lowered == [] and without == []
+    set_inputs([chair], [input_with(inv, rows, [0.0, 0.2])])
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.gate_notes(PAIR)
+    assert notes[0].startswith("<my-chair> opens its own gate only to 3%")
+    assert notes[0].endswith("reaches the image. Word the prompt more like its training prompts.")
 
 
 def test_a_textual_inversion_concept_has_no_gate_to_open(pipe, inv, concepts):
@@ -187,8 +233,10 @@ def test_a_textual_inversion_concept_has_no_gate_to_open(pipe, inv, concepts):
     words = ConceptState.initial("my-words", "cat", cat.superclass_token_id,
                                  cat.superclass_input, cat.word_embedding, pipe.unet,
                                  method="textual-inversion")
-    with torch.no_grad():
-        words.target_input.copy_(cat.target_input)
+    prompt = "a <my-cat> on a <my-words>"
+    at = encodings_at_tokens(pipe, inv, [cat, words], prompt)
+    rows = [at["my-cat"], at["my-words"]]
+    set_inputs([cat], [input_with(inv, rows, [1.0, 1.0])])
     with apply(pipe, [cat, words], inv, beta=0.7, tau=0.15) as edit:
-        notes = edit.overlaps()
+        notes = edit.gate_notes(prompt)
     assert [n.split(" (")[0] for n in notes] == ["<my-words> opens the gate of <my-cat> to 88%"]

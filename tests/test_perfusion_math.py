@@ -9,7 +9,6 @@ import torch
 
 from perfusion_hub.perfusion.math import (
     Basis,
-    cross_similarities,
     edited_projection,
     gate,
     projection,
@@ -70,16 +69,6 @@ def test_similarity_matches_definition(n):
         want = (e @ inv @ inputs[k]) / (inputs[k] @ inv @ inputs[k])
         assert torch.allclose(s[..., k].double(), want, atol=1e-4, rtol=1e-4)
     assert torch.allclose(similarity(inputs, inputs, inv).diagonal(), torch.ones(n), atol=1e-5)
-
-
-def test_cross_similarities_say_how_far_each_input_opens_each_gate():
-    inv, inputs, _, _, _ = setup(3)
-    cross = cross_similarities(inputs, inv)
-    for m in range(3):
-        for n in range(3):
-            want = (inputs[n] @ inv @ inputs[m]) / (inputs[m] @ inv @ inputs[m])
-            assert cross[m, n].item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4)
-    assert torch.allclose(cross.diagonal(), torch.ones(3), atol=1e-5)
 
 
 def test_gate_is_a_shifted_sigmoid():

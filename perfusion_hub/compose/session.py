@@ -201,9 +201,9 @@ class Renderer:
         if self.edit is not None:
             kwargs = {"concept_betas": {r.name: r.gate.beta for r in resolved},
                       "concept_taus": {r.name: r.gate.tau for r in resolved}}
-            self.notes += [note for note in self.edit.overlaps(kwargs["concept_betas"],
-                                                                kwargs["concept_taus"])
-                           if note not in self.notes]
+            self.notes += [note for note in self.edit.gate_notes(
+                parsed.text, kwargs["concept_betas"], kwargs["concept_taus"])
+                if note not in self.notes]
             if any(r.gate.lock == "global" for r in resolved):
                 kwargs["key_encoder_hidden_states"] = self._key_states(
                     parsed.text, request.negative, guidance)

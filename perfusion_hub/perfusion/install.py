@@ -25,7 +25,7 @@ from perfusion_hub.bases.fingerprint import EDIT_ATTRIBUTE, FINGERPRINT_ATTRIBUT
 from perfusion_hub.bases.layers import cross_attention_layers
 from perfusion_hub.concepts import LOCK_MODES, BaseFingerprint, Concept
 from perfusion_hub.errors import ConflictError, IncompatibleBaseError, PhubError
-from perfusion_hub.perfusion.math import cross_similarities, gate
+from perfusion_hub.perfusion.math import gate, similarity
 from perfusion_hub.perfusion.processor import (
     ConceptStack,
     PassthroughProcessor,
@@ -35,11 +35,16 @@ from perfusion_hub.perfusion.processor import (
 from perfusion_hub.perfusion.state import ConceptState
 
 OVERLAP_GATE = 0.25
-"""Share of one concept's o* that another concept's token may receive before `overlaps`
+"""Share of one concept's o* that another concept's token may receive before `gate_notes`
 reports the pair."""
+WEAK_GATE = 0.5
+"""Share of its own o* below which a concept's token counts as barely reaching the image."""
 SEPARABLE = 0.95
-"""The highest β `overlaps` suggests: there the concept's own gate (s = 1) is σ(0.05 / τ),
+"""The highest β `gate_notes` suggests: there the concept's own gate (s = 1) is σ(0.05 / τ),
 58 % at τ = 0.15, and at β = 1 it is half closed."""
+LOWEST_BETA = 0.4
+"""The lowest β `gate_notes` suggests: at β = 0.4 and τ = 0.15 an unrelated token (s = 0) already
+receives 7 % of the concept's o*."""
 
 
 def apply(pipe: Any, concepts: Sequence[Concept | ConceptState], inverse_covariance: torch.Tensor,
@@ -95,7 +100,6 @@ class PerfusionEdit:
             state.tau = state.tau if tau is None else float(tau)
             state.lock = state.lock if lock is None else lock
         self.stack = ConceptStack(self.states, inverse_covariance.to(device), record_gates)
-        self._cross_similarities: torch.Tensor | None = None  # computed by `overlaps`
 
         self._original_tokenizer = pipe.tokenizer
         self._original_embedding = text_encoder.get_input_embeddings()
@@ -114,38 +118,36 @@ class PerfusionEdit:
             raise
         setattr(pipe, EDIT_ATTRIBUTE, self)
 
-    def overlaps(self, betas: Mapping[str, float] | None = None,
-                 taus: Mapping[str, float] | None = None) -> list[str]:
-        """One sentence per ordered pair of installed concepts where the token of one opens the
-        gate of the other to at least `OVERLAP_GATE`: the other's look then lands on both
-        tokens (method.md §4), and renders of the pair tend to dissolve. Gates are read at
-        `betas`/`taus` by concept name (a render's own), else at the installed β, τ."""
-        if self._cross_similarities is None:  # rendering never moves i* (training does)
-            inputs = torch.stack([s.target_input.detach().float() for s in self.states])
-            self._cross_similarities = cross_similarities(
-                inputs, self.stack.inverse_covariance.to(inputs.device))
-        similar = self._cross_similarities
+    def gate_notes(self, prompt: str, betas: Mapping[str, float] | None = None,
+                   taus: Mapping[str, float] | None = None) -> list[str]:
+        """What the gates of method.md §3–4 do at the concept tokens of `prompt`, one sentence
+        per problem: a concept whose own gate opens less than `WEAK_GATE` on its token (its look
+        barely reaches the image), and a concept whose gate opens at least `OVERLAP_GATE` on
+        another's token (its look lands there too). Gates are read from the prompt's encoding,
+        at `betas`/`taus` by concept name (a render's own), else at the installed β, τ."""
+        ids = self.tokenizer(prompt, truncation=True,
+                             max_length=self.tokenizer.model_max_length).input_ids
+        placed = [(state, ids.index(token_id)) for state, token_id
+                  in zip(self.states, self.token_ids, strict=True) if token_id in ids]
+        edited = [state for state in self.states if state.edits]
+        if not placed or not edited:
+            return []
+        with torch.no_grad():
+            encoding = self.encode(prompt)[0].float()
+            inputs = torch.stack([s.target_input.detach().float() for s in edited])
+            similar = similarity(encoding, inputs,
+                                 self.stack.inverse_covariance.to(encoding.device))
         notes = []
-        for m, opened in enumerate(self.states):
-            beta = (betas or {}).get(opened.name, opened.beta)
-            tau = (taus or {}).get(opened.name, opened.tau)
-            for n, opener in enumerate(self.states):
-                s = float(similar[m, n])
-                # not itself, not a textual-inversion concept (no gate), not a zero input
-                if m == n or not opened.edits or not math.isfinite(s):
-                    continue
-                share = float(gate(similar[m, n], beta, tau))
-                if share < OVERLAP_GATE:
-                    continue
-                # σ((s − β) / τ) < g  ⇔  β > s + τ · ln((1 − g) / g), g = OVERLAP_GATE
-                needed = s + tau * math.log((1 - OVERLAP_GATE) / OVERLAP_GATE)
-                fix = (f"Raise its β to {math.ceil(needed * 100) / 100:.2f} or more "
-                       f"(<{opened.name}:beta=...>), or retrain one of the two."
-                       if needed <= SEPARABLE else "Retrain one of the two: their inputs are "
-                       "too alike for a β that keeps its own gate open.")
-                notes.append(f"<{opener.name}> opens the gate of <{opened.name}> to {share:.0%} "
-                             f"(similarity to <{opened.name}>'s input {s:.2f}, β {beta:.2f}): "
-                             f"{opened.name}'s look also lands on <{opener.name}>. {fix}")
+        for opener, position in placed:
+            for n, opened in enumerate(edited):
+                beta = (betas or {}).get(opened.name, opened.beta)
+                tau = (taus or {}).get(opened.name, opened.tau)
+                s = float(similar[position, n])
+                share = float(gate(similar[position, n], beta, tau))
+                if opened is opener and share < WEAK_GATE:
+                    notes.append(_weak_gate_note(opened.name, s, share, beta))
+                elif opened is not opener and share >= OVERLAP_GATE:
+                    notes.append(_overlap_note(opener.name, opened.name, s, share, beta, tau))
         return notes
 
     # tokens -------------------------------------------------------------------------------
@@ -311,3 +313,29 @@ def _as_state(concept: Concept | ConceptState, device: torch.device) -> ConceptS
     if isinstance(concept, ConceptState):
         return concept if concept.word_embedding.device == device else concept.to(device)
     return ConceptState.from_concept(concept).to(device)
+
+
+def _weak_gate_note(name: str, s: float, share: float, beta: float) -> str:
+    """A concept whose own gate stays nearly closed on its token: σ((s − β) / τ) ≥ ½ ⇔ β ≤ s
+    (s rounded down to the printed digits, with a 10⁻⁵ allowance for float error)."""
+    fix = (f"Lower its β to {math.floor(s * 100 + 1e-3) / 100:.2f} or less (<{name}:beta=...>), "
+           "which also opens it on tokens that resemble it, or word"
+           if s >= LOWEST_BETA else "Word")
+    return (f"<{name}> opens its own gate only to {share:.0%} in this prompt (similarity to its "
+            f"input {s:.2f}, β {beta:.2f}): the words around it change its encoding, so little "
+            f"of {name}'s look reaches the image. {fix} the prompt more like its training "
+            "prompts.")
+
+
+def _overlap_note(opener: str, opened: str, s: float, share: float, beta: float,
+                  tau: float) -> str:
+    """Concept `opened` whose gate opens on the token of `opener`, with the β that would close
+    it: σ((s − β) / τ) < g ⇔ β > s + τ · ln((1 − g) / g), g = `OVERLAP_GATE`."""
+    needed = s + tau * math.log((1 - OVERLAP_GATE) / OVERLAP_GATE)
+    fix = (f"Raise its β to {math.ceil(needed * 100) / 100:.2f} or more (<{opened}:beta=...>), "
+           "or retrain one of the two." if needed <= SEPARABLE else
+           "Retrain one of the two: their inputs are too alike for a β that keeps its own gate "
+           "open.")
+    return (f"<{opener}> opens the gate of <{opened}> to {share:.0%} (similarity to "
+            f"<{opened}>'s input {s:.2f}, β {beta:.2f}): {opened}'s look also lands on "
+            f"<{opener}>. {fix}")

@@ -30,12 +30,6 @@ def gate(s: Tensor, beta: Tensor | float, tau: Tensor | float) -> Tensor:
     return torch.sigmoid((s - beta) / tau)
 
 
-def cross_similarities(target_inputs: Tensor, inv_cov: Tensor) -> Tensor:
-    """S[m, n] = s_m(i*_n): how far concept n's own input opens concept m's gate (N, N) fp32;
-    the diagonal is 1. Off the diagonal, σ((S[m, n] − β_m) / τ_m) of o*_m lands on n's token."""
-    return similarity(target_inputs, target_inputs, inv_cov).T
-
-
 def edited_projection(e: Tensor, weight: Tensor, target_inputs: Tensor, output_targets: Tensor,
                       beta: Tensor | float, tau: Tensor | float, inv_cov: Tensor) -> Tensor:
     """h(e) = W (e − P(e)) + Σ_n σ((s_n(e) − β_n) / τ_n) · o*_n   (method.md §4).
