@@ -17,7 +17,7 @@ from perfusion_hub.micro.assets import (
     micro_pipeline_path,
     text_embeddings,
 )
-from perfusion_hub.micro.recipe import MAX_EMBEDDING_NORM, TRAIN_TEMPLATES
+from perfusion_hub.micro.recipe import GUIDANCE, MAX_EMBEDDING_NORM, TRAIN_TEMPLATES
 
 
 def test_shipped_pipeline_loads_offline_and_renders(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,11 +35,12 @@ def test_shipped_pipeline_loads_offline_and_renders(monkeypatch: pytest.MonkeyPa
         assert len(pipe.tokenizer.tokenize(word)) == 1
 
 
-def test_base_metadata_has_templates() -> None:
+def test_base_metadata_matches_the_recipe() -> None:
     meta = base_metadata()
     assert meta["name"] == "micro" and meta["resolution"] == 64
     assert tuple(meta["train_templates"]) == TRAIN_TEMPLATES
     assert meta["max_embedding_norm"] == MAX_EMBEDDING_NORM
+    assert meta["guidance"] == GUIDANCE
 
 
 @pytest.mark.parametrize("template", TRAIN_TEMPLATES)
