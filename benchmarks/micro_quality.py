@@ -1,6 +1,6 @@
 """Quality of the micro base, judged by the micro checker on held-out captions.
 
-    python benchmarks/micro_quality.py [--n 200] [--steps 30] [--guidance 5] [--out DIR]
+    python benchmarks/micro_quality.py [--n 200] [--steps 30] [--guidance 3] [--out DIR]
 
 Renders one-object and two-object captions the base never trained on (fresh seeds) and prints
 how often the checker finds the requested categories and colours. Targets (issue 6): category

@@ -199,10 +199,18 @@ def test_gate_notes_name_a_gate_that_opens_on_another_concepts_token(pipe, inv, 
     set_inputs([cat, chair], [input_with(inv, rows, [1.0, 1.0])] * 2)
     with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
         notes = edit.gate_notes(PAIR)
-    assert [n.split(" (")[0] for n in notes] == ["<my-cat> opens the gate of <my-chair> to 88%",
-                                                 "<my-chair> opens the gate of <my-cat> to 88%"]
+    assert [n.split(" (")[0] for n in notes] == ["<my-chair> opens the gate of <my-cat> to 88%",
+                                                 "<my-cat> opens the gate of <my-chair> to 88%"]
     assert all(n.endswith("Retrain one of the two: their inputs are too alike for a β that "
                           "keeps its own gate open.") for n in notes)
+    # β 0.87 would close <my-cat>'s gate on <my-chair>, but also its own (s = 0.75 there)
+    set_inputs([cat, chair], [input_with(inv, rows, [0.75, 0.7]),
+                              input_with(inv, rows, [0.0, 1.0])])
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.gate_notes(PAIR)
+    assert [n.split(" (")[0] for n in notes] == ["<my-chair> opens the gate of <my-cat> to 50%"]
+    assert notes[0].endswith("Retrain one of the two: their inputs are too alike for a β that "
+                             "keeps its own gate open.")
 
 
 def test_gate_notes_name_a_concept_whose_own_gate_stays_shut_in_the_prompt(pipe, inv, concepts):
@@ -210,22 +218,57 @@ def test_gate_notes_name_a_concept_whose_own_gate_stays_shut_in_the_prompt(pipe,
     at = encodings_at_tokens(pipe, inv, [cat, chair], PAIR)
     rows = [at["my-cat"], at["my-chair"]]
     set_inputs([cat, chair], [input_with(inv, rows, [1.0, 0.0]),
-                              input_with(inv, rows, [0.0, 0.45])])
+                              input_with(inv, rows, [0.0, 0.456])])
     with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
         notes = edit.gate_notes(PAIR)
         lowered = edit.gate_notes(PAIR, betas={"my-chair": 0.45})
         without = edit.gate_notes("a <my-cat> on a chair")
     assert notes == [
-        "<my-chair> opens its own gate only to 16% in this prompt (similarity to its input 0.45, "
-        "β 0.70): the words around it change its encoding, so little of my-chair's look reaches "
-        "the image. Lower its β to 0.45 or less (<my-chair:beta=...>), which also opens it on "
+        "<my-chair> opens its own gate only to 16% in this prompt (similarity to its input 0.46, "
+        "β 0.70): its encoding here is unlike the one it was trained with (on a causal text "
+        "encoder the words before it change it), so little of my-chair's look reaches the "
+        "image. Lower its β to 0.45 or less (<my-chair:beta=...>), which also opens it on "
         "tokens that resemble it, or word the prompt more like its training prompts."]
     assert lowered == [] and without == []
-    set_inputs([chair], [input_with(inv, rows, [0.0, 0.2])])
+    reword = "reaches the image. Word the prompt more like its training prompts."
+    set_inputs([chair], [input_with(inv, rows, [0.0, 0.2])])  # no β worth suggesting
     with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
         notes = edit.gate_notes(PAIR)
-    assert notes[0].startswith("<my-chair> opens its own gate only to 3%")
-    assert notes[0].endswith("reaches the image. Word the prompt more like its training prompts.")
+    assert [n.split(" in this")[0] for n in notes] == ["<my-chair> opens its own gate only to 3%"]
+    assert notes[0].endswith(reword)
+    set_inputs([chair], [input_with(inv, rows, [0.45, 0.5])])  # β 0.5 would open it on <my-cat>
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.gate_notes(PAIR)
+    assert [n.split(" in this")[0] for n in notes] == ["<my-chair> opens its own gate only to 21%"]
+    assert notes[0].endswith(reword)
+
+
+def test_gate_notes_take_a_repeated_concept_at_its_weakest(pipe, inv, concepts):
+    cat, chair = (ConceptState.from_concept(c) for c in concepts)
+    twice = "a <my-chair> on a <my-chair>"
+    with apply(pipe, [cat, chair], inv) as edit, torch.no_grad():
+        ids = edit.tokenizer(twice).input_ids
+        encoding = edit.encode(twice)[0]
+        where = [i for i, t in enumerate(ids) if t == edit.token_ids[1]]
+    set_inputs([chair], [input_with(inv, [encoding[i] for i in where], [1.0, 0.3])])
+    with apply(pipe, [cat, chair], inv, beta=0.7, tau=0.15) as edit:
+        notes = edit.gate_notes(twice)
+    assert [n.split(" (")[0] for n in notes] == [
+        "<my-chair> opens its own gate only to 6% in this prompt"]
+
+
+def test_gate_notes_name_a_concept_cut_off_and_skip_a_gate_that_cannot_be_read(pipe, inv,
+                                                                              concepts):
+    cat, chair = (ConceptState.from_concept(c) for c in concepts)
+    with torch.no_grad():
+        cat.target_input.zero_()  # s = 0 / 0 everywhere
+    with apply(pipe, [cat, chair], inv) as edit:
+        limit = edit.tokenizer.model_max_length
+        long = "a <my-cat> on " + "a " * limit + "<my-chair>"
+        assert edit.gate_notes(long) == [
+            f"<my-chair> lies beyond the {limit} tokens the text encoder reads and is cut off: "
+            "shorten the prompt before it."]
+        assert edit.gate_notes("a <my-cat>") == []
 
 
 def test_a_textual_inversion_concept_has_no_gate_to_open(pipe, inv, concepts):

@@ -72,8 +72,9 @@ P_EMPTY = 0.1
 UNET_LR = 6e-4
 UNET_FINE_TUNE_LR = 1e-4
 # Classifier-free guidance scale the micro base renders with by default, and the one its
-# quality is measured at (benchmarks/micro_quality.py). Its own captions come out about as
-# well at 3 as at 5; a concept's renders come apart at 5 (docs/micro-results.md, "Guidance").
+# quality is measured at (benchmarks/micro_quality.py). At 3 rather than 5 its own captions
+# gain colour and lose some pattern and category; a concept's renders come apart at 5
+# (docs/micro-results.md, "Guidance").
 GUIDANCE = 3.0
 # SD's schedule leaves sqrt(0.0047) of the signal at t=T; on 16×16 latents the mean of the
 # noisy input then still reveals the background colour, which pure-noise sampling lacks, so

@@ -25,7 +25,7 @@ from perfusion_hub.bases.fingerprint import EDIT_ATTRIBUTE, FINGERPRINT_ATTRIBUT
 from perfusion_hub.bases.layers import cross_attention_layers
 from perfusion_hub.concepts import LOCK_MODES, BaseFingerprint, Concept
 from perfusion_hub.errors import ConflictError, IncompatibleBaseError, PhubError
-from perfusion_hub.perfusion.math import gate, similarity
+from perfusion_hub.perfusion.math import gate
 from perfusion_hub.perfusion.processor import (
     ConceptStack,
     PassthroughProcessor,
@@ -40,8 +40,8 @@ reports the pair."""
 WEAK_GATE = 0.5
 """Share of its own o* below which a concept's token counts as barely reaching the image."""
 SEPARABLE = 0.95
-"""The highest β `gate_notes` suggests: there the concept's own gate (s = 1) is σ(0.05 / τ),
-58 % at τ = 0.15, and at β = 1 it is half closed."""
+"""The highest β `gate_notes` suggests, even where the concept's own token matches its input
+(s = 1): there its own gate is σ(0.05 / τ), 58 % at τ = 0.15, and at β = 1 it is half closed."""
 LOWEST_BETA = 0.4
 """The lowest β `gate_notes` suggests: at β = 0.4 and τ = 0.15 an unrelated token (s = 0) already
 receives 7 % of the concept's o*."""
@@ -121,33 +121,42 @@ class PerfusionEdit:
     def gate_notes(self, prompt: str, betas: Mapping[str, float] | None = None,
                    taus: Mapping[str, float] | None = None) -> list[str]:
         """What the gates of method.md §3–4 do at the concept tokens of `prompt`, one sentence
-        per problem: a concept whose own gate opens less than `WEAK_GATE` on its token (its look
-        barely reaches the image), and a concept whose gate opens at least `OVERLAP_GATE` on
-        another's token (its look lands there too). Gates are read from the prompt's encoding,
-        at `betas`/`taus` by concept name (a render's own), else at the installed β, τ."""
-        ids = self.tokenizer(prompt, truncation=True,
-                             max_length=self.tokenizer.model_max_length).input_ids
-        placed = [(state, ids.index(token_id)) for state, token_id
-                  in zip(self.states, self.token_ids, strict=True) if token_id in ids]
-        edited = [state for state in self.states if state.edits]
-        if not placed or not edited:
-            return []
+        per problem: a concept token cut off by the context length; a concept whose own gate
+        opens less than `WEAK_GATE` on its token (its look barely reaches the image); a concept
+        whose gate opens at least `OVERLAP_GATE` on another's token (its look lands there too).
+
+        Gates are read from the prompt's own encoding, the value path that decides which look
+        is painted where (global locking changes the keys only), at `betas`/`taus` (a render's
+        own, by concept name) or the installed β, τ. A concept named twice counts with its
+        weakest own gate and the widest gate it opens for another."""
+        limit = self.tokenizer.model_max_length
+        ids = self.tokenizer(prompt, truncation=True, max_length=limit).input_ids
+        whole = self.tokenizer(prompt, verbose=False).input_ids
+        notes = [f"<{state.name}> lies beyond the {limit} tokens the text encoder reads and is "
+                 "cut off: shorten the prompt before it."
+                 for state, token_id in zip(self.states, self.token_ids, strict=True)
+                 if token_id in whole and token_id not in ids]
+        positions = {n: [i for i, t in enumerate(ids) if t == token_id]
+                     for n, token_id in enumerate(self.token_ids) if token_id in ids}
+        if not positions or not self.stack.edited:
+            return notes
+        basis = self.stack.basis()
+        beta_values, tau_values = self.stack.gate_parameters(betas, taus)
         with torch.no_grad():
-            encoding = self.encode(prompt)[0].float()
-            inputs = torch.stack([s.target_input.detach().float() for s in edited])
-            similar = similarity(encoding, inputs,
-                                 self.stack.inverse_covariance.to(encoding.device))
-        notes = []
-        for opener, position in placed:
-            for n, opened in enumerate(edited):
-                beta = (betas or {}).get(opened.name, opened.beta)
-                tau = (taus or {}).get(opened.name, opened.tau)
-                s = float(similar[position, n])
-                share = float(gate(similar[position, n], beta, tau))
-                if opened is opener and share < WEAK_GATE:
-                    notes.append(_weak_gate_note(opened.name, s, share, beta))
-                elif opened is not opener and share >= OVERLAP_GATE:
-                    notes.append(_overlap_note(opener.name, opened.name, s, share, beta, tau))
+            similar = basis.similarity(self.encode(prompt)[0].to(basis.inputs.device))
+        for k, n in enumerate(self.stack.edited_index):
+            opened, beta, tau = self.states[n], beta_values[n], tau_values[n]
+            column = similar[:, k].tolist()
+            if not all(map(math.isfinite, column)):  # a zero i*: there is no gate to read
+                continue
+            own = min((column[i] for i in positions.get(n, [])), default=None)
+            others = {m: max(column[i] for i in where) for m, where in positions.items() if m != n}
+            ceiling = SEPARABLE if own is None else min(SEPARABLE, own)
+            notes += [_overlap_note(self.states[m].name, opened.name, s, beta, tau, ceiling)
+                      for m, s in others.items() if _share(s, beta, tau) >= OVERLAP_GATE]
+            if own is not None and _share(own, beta, tau) < WEAK_GATE:
+                notes.append(_weak_gate_note(opened.name, own, beta, tau,
+                                             max(others.values(), default=None)))
         return notes
 
     # tokens -------------------------------------------------------------------------------
@@ -315,27 +324,38 @@ def _as_state(concept: Concept | ConceptState, device: torch.device) -> ConceptS
     return ConceptState.from_concept(concept).to(device)
 
 
-def _weak_gate_note(name: str, s: float, share: float, beta: float) -> str:
-    """A concept whose own gate stays nearly closed on its token: σ((s − β) / τ) ≥ ½ ⇔ β ≤ s
-    (s rounded down to the printed digits, with a 10⁻⁵ allowance for float error)."""
-    fix = (f"Lower its β to {math.floor(s * 100 + 1e-3) / 100:.2f} or less (<{name}:beta=...>), "
-           "which also opens it on tokens that resemble it, or word"
-           if s >= LOWEST_BETA else "Word")
-    return (f"<{name}> opens its own gate only to {share:.0%} in this prompt (similarity to its "
-            f"input {s:.2f}, β {beta:.2f}): the words around it change its encoding, so little "
-            f"of {name}'s look reaches the image. {fix} the prompt more like its training "
-            "prompts.")
+def _share(s: float, beta: float, tau: float) -> float:
+    """The gate σ((s − β) / τ) of one similarity."""
+    return float(gate(torch.tensor(s), beta, tau))
 
 
-def _overlap_note(opener: str, opened: str, s: float, share: float, beta: float,
-                  tau: float) -> str:
-    """Concept `opened` whose gate opens on the token of `opener`, with the β that would close
-    it: σ((s − β) / τ) < g ⇔ β > s + τ · ln((1 − g) / g), g = `OVERLAP_GATE`."""
-    needed = s + tau * math.log((1 - OVERLAP_GATE) / OVERLAP_GATE)
-    fix = (f"Raise its β to {math.ceil(needed * 100) / 100:.2f} or more (<{opened}:beta=...>), "
-           "or retrain one of the two." if needed <= SEPARABLE else
-           "Retrain one of the two: their inputs are too alike for a β that keeps its own gate "
-           "open.")
-    return (f"<{opener}> opens the gate of <{opened}> to {share:.0%} (similarity to "
-            f"<{opened}>'s input {s:.2f}, β {beta:.2f}): {opened}'s look also lands on "
+def _weak_gate_note(name: str, s: float, beta: float, tau: float,
+                    widest_other: float | None) -> str:
+    """A concept whose own gate stays mostly shut on its token, with the β that opens it half
+    way, σ((s − β) / τ) ≥ ½ ⇔ β ≤ s, when that β neither falls below `LOWEST_BETA` nor opens
+    the gate to `OVERLAP_GATE` on another concept's token (`widest_other`: its highest s)."""
+    lowered = math.floor(s * 100) / 100
+    safe = lowered >= LOWEST_BETA and (
+        widest_other is None or _share(widest_other, lowered, tau) < OVERLAP_GATE)
+    fix = (f"Lower its β to {lowered:.2f} or less (<{name}:beta=...>), which also opens it "
+           "on tokens that resemble it, or word" if safe else "Word")
+    return (f"<{name}> opens its own gate only to {_share(s, beta, tau):.0%} in this prompt "
+            f"(similarity to its input {s:.2f}, β {beta:.2f}): its encoding here is unlike the "
+            "one it was trained with (on a causal text encoder the words before it change it), "
+            f"so little of {name}'s look reaches the image. {fix} the prompt more like its "
+            "training prompts.")
+
+
+def _overlap_note(opener: str, opened: str, s: float, beta: float, tau: float,
+                  ceiling: float) -> str:
+    """Concept `opened` whose gate opens on the token of `opener`, with the β that closes it,
+    σ((s − β) / τ) < g ⇔ β > s + τ · ln((1 − g) / g), g = `OVERLAP_GATE`, when that β stays
+    at or below `ceiling` (the concept's own s in the prompt, where its own gate would start
+    to shut, and at most `SEPARABLE`)."""
+    raised = math.floor((s + tau * math.log((1 - OVERLAP_GATE) / OVERLAP_GATE)) * 100 + 1) / 100
+    fix = (f"Raise its β to {raised:.2f} or more (<{opened}:beta=...>), or retrain one of the "
+           "two." if raised <= ceiling else "Retrain one of the two: their inputs are too alike "
+           "for a β that keeps its own gate open.")
+    return (f"<{opener}> opens the gate of <{opened}> to {_share(s, beta, tau):.0%} (similarity "
+            f"to <{opened}>'s input {s:.2f}, β {beta:.2f}): {opened}'s look also lands on "
             f"<{opener}>. {fix}")
