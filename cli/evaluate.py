@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,14 +77,14 @@ def summary_table(title: str, summaries: Sequence[Any], by_kind: bool = False) -
     return table
 
 
-def print_report(report: Any) -> None:
-    """The evaluation's tables, notes and output files."""
+def print_report(report: Any, said: Collection[str] = ()) -> None:
+    """The evaluation's tables, notes (but those in `said`) and output files."""
     console.print(summary_table(f"<{report.concept}> on {report.base} (judge: {report.judge})",
                                 report.overall))
     headline = report.headline.beta
     console.print(summary_table(f"by prompt kind at β={headline:.2f}",
                                 [s for s in report.by_kind if s.beta == headline], by_kind=True))
-    for note in report.notes:
+    for note in (n for n in report.notes if n not in said):
         console.print(f"[yellow]Note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"results: {report.csv_path}", highlight=False, soft_wrap=True)
     if report.plot_path is not None:
@@ -172,7 +172,7 @@ def demo_command(
     if as_json:
         print_json(report.to_json())
         return
-    print_report(report.evaluation)
+    print_report(report.evaluation, said=report.notes)
     console.print(f"training images: {report.out_dir / 'data'}", highlight=False, soft_wrap=True)
     console.print(f"composed:        {', '.join(str(p) for p in report.renders)}",
                   highlight=False, soft_wrap=True)

@@ -55,3 +55,15 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
     assert len(again.renders) == 1 and again.evaluation.rows
     assert {r.name for r in hub.list()} == {"my-cat", "my-chair"}
     assert hub.get("my-cat").content_hash != first_hash
+
+
+def test_demo_says_each_note_once(tmp_path: Path) -> None:
+    """Composing and evaluating both render the pair; on the micro base <my-chair>'s gate stays
+    shut after "a <my-cat> on a", which both phases note."""
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "demo", "--steps", "1",
+                                      "--renders", "1", "--eval-seeds", "1", "--sample-steps",
+                                      "2", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("Note: ")]
+    assert any("<my-chair> opens its own gate only" in note for note in notes)
+    assert len(notes) == len(set(notes))

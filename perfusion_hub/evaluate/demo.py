@@ -52,6 +52,7 @@ class DemoReport:
     sheet: Path
     evaluation: Any
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what composing the prompt noted
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class DemoReport:
             "prompt": DEMO_PROMPT,
             "renders": [str(p) for p in self.renders],
             "contact_sheet": str(self.sheet),
+            "notes": self.notes,
             "eval": self.evaluation.to_json(),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
@@ -145,7 +147,7 @@ def run_demo(
                                   progress=progress)
     seconds["eval"] = time.monotonic() - started
     seconds["total"] = time.monotonic() - begun
-    return DemoReport(out_dir, trained, rendered, sheet, evaluation, seconds)
+    return DemoReport(out_dir, trained, rendered, sheet, evaluation, seconds, list(made.notes))
 
 
 def _accent_part(instance: Any) -> str:
