@@ -82,6 +82,7 @@ class Renderer:
         self.edit: Any = None
         self._edit_key: tuple = ()
         self.notes: list[str] = []  # what the concepts of the renders so far tell the user
+        self._noted: set[tuple] = set()  # (concept set, prompt, gates) whose notes are taken
         self._concepts: dict[str, tuple[Concept, str]] = {}
         self._loaded_scheduler = self.pipe.scheduler
         options = getattr(base, "options", None) or {}
@@ -201,9 +202,7 @@ class Renderer:
         if self.edit is not None:
             kwargs = {"concept_betas": {r.name: r.gate.beta for r in resolved},
                       "concept_taus": {r.name: r.gate.tau for r in resolved}}
-            self.notes += [note for note in self.edit.gate_notes(
-                parsed.text, kwargs["concept_betas"], kwargs["concept_taus"])
-                if note not in self.notes]
+            self._take_notes(parsed.text, kwargs["concept_betas"], kwargs["concept_taus"])
             if any(r.gate.lock == "global" for r in resolved):
                 kwargs["key_encoder_hidden_states"] = self._key_states(
                     parsed.text, request.negative, guidance)
@@ -225,6 +224,15 @@ class Renderer:
         )
         return [(image, dataclasses.replace(params, seed=seed))
                 for image, seed in zip(output.images, seeds, strict=True)]
+
+    def _take_notes(self, text: str, betas: dict[str, float], taus: dict[str, float]) -> None:
+        """Add what the installed concepts' gates note on `text`, once per concept set, prompt
+        and gate parameters (batch renders repeat them)."""
+        key = (self._edit_key, text, tuple(betas.items()), tuple(taus.items()))
+        if key in self._noted:
+            return
+        self._noted.add(key)
+        self.notes += [n for n in self.edit.gate_notes(text, betas, taus) if n not in self.notes]
 
     def _key_states(self, text: str, negative: str, guidance: float) -> Any:
         """Key-path encoding for global locking (method.md §3), laid out like the pipeline's."""
